@@ -1,0 +1,47 @@
+# PneumoLLM suite. `make demo` and `make test` set everything up on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= outputs
+
+# Offline by default: no hub lookups (real weights come from local folders) and W&B runs written locally.
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+
+.PHONY: install demo test test-all lint format clean help
+
+help:
+	@echo "make demo      five-fold cross-validation of the tiny PneumoLLM on the embedded demo cohort (CPU)"
+	@echo "make test      the fast test suite (make test-all adds slow and ../shared tests)"
+	@echo "make install   create $(VENV) with the suite installed (done automatically by the others)"
+	@echo "make lint      ruff"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10 or newer is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/pneumollm-train --config-dir experiments --config-name demo -m
+	$(BIN)/pneumollm-aggregate $(OUT)/demo --num-folds 5
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+lint: install
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(OUT)/demo data/demo

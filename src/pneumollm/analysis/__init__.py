@@ -1,0 +1,1 @@
+"""Aggregation of fold runs into tables, statistics and figures."""

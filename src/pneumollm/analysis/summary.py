@@ -1,0 +1,105 @@
+"""Per-arm cross-validation summaries: per-fold rows, mean ± std over folds, pooled out-of-fold AUC."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+from pneumollm.analysis.collect import ArmRuns
+from pneumollm.utils.io import atomic_write, atomic_write_text
+
+METRICS = ("sensitivity", "specificity", "accuracy", "auc", "avg")
+HEADERS = {"sensitivity": "Sens.", "specificity": "Spec.", "accuracy": "Acc.", "auc": "AUC", "avg": "AVG"}
+
+
+def pooled_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """AUC (percent) of all out-of-fold predictions pooled together; NaN when one class is absent."""
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(binary_auroc(torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels)).item()) * 100
+
+
+@dataclass
+class ArmSummary:
+    """One arm's cross-validation figures, all in percent."""
+
+    arm: str
+    label: str
+    per_fold: dict[int, dict[str, float]]  # fold -> metric -> value
+    mean: dict[str, float]
+    std: dict[str, float]  # sample standard deviation over folds (ddof=1)
+    pooled_auc: float
+    trainable_params: int
+    peak_memory_mb: float
+    films: int
+
+
+def summarise_arm(arm: ArmRuns) -> ArmSummary:
+    """Mean and sample std (ddof=1) over folds of each metric, and the pooled out-of-fold AUC."""
+    folds = sorted(arm.folds)
+    per_fold = {f: {m: float(arm.folds[f][f"test/{m}"]) for m in METRICS} for f in folds}
+    values = {m: np.array([per_fold[f][m] for f in folds]) for m in METRICS}
+    labels = np.array([p.label for p in arm.predictions])
+    probs = np.array([p.prob for p in arm.predictions])
+    return ArmSummary(
+        arm=arm.arm, label=arm.label, per_fold=per_fold,
+        mean={m: float(v.mean()) for m, v in values.items()},
+        std={m: float(v.std(ddof=1)) if len(v) > 1 else float("nan") for m, v in values.items()},
+        pooled_auc=pooled_auc(labels, probs),
+        trainable_params=int(max(arm.folds[f].get("trainable_params", 0) for f in folds)),
+        peak_memory_mb=float(max(arm.folds[f].get("peak_memory_mb", 0.0) for f in folds)),
+        films=len(arm.predictions),
+    )
+
+
+def _fmt(value: float) -> str:
+    return "–" if np.isnan(value) else f"{value:.2f}"
+
+
+def summary_rows(summaries: list[ArmSummary]) -> list[dict[str, str]]:
+    """Table rows: per-fold rows then a mean ± std row for every arm."""
+    rows = []
+    for s in summaries:
+        for fold, metrics in s.per_fold.items():
+            rows.append({"arm": s.label, "fold": str(fold), **{HEADERS[m]: _fmt(metrics[m]) for m in METRICS},
+                         "pooled AUC": ""})
+        rows.append({"arm": s.label, "fold": "mean ± std",
+                     **{HEADERS[m]: f"{_fmt(s.mean[m])} ± {_fmt(s.std[m])}" for m in METRICS},
+                     "pooled AUC": _fmt(s.pooled_auc)})
+    return rows
+
+
+def write_summary(summaries: list[ArmSummary], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``summary.csv`` (machine-readable, one row per arm and fold) and ``summary.md``."""
+    out_dir = Path(out_dir)
+    csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
+    fields = ["arm", "label", "fold", *METRICS, "pooled_auc", "trainable_params", "peak_memory_mb"]
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            out = csv.DictWriter(handle, fieldnames=fields)
+            out.writeheader()
+            for s in summaries:
+                common = {"arm": s.arm, "label": s.label, "trainable_params": s.trainable_params,
+                          "peak_memory_mb": round(s.peak_memory_mb, 1)}
+                for fold, metrics in s.per_fold.items():
+                    out.writerow({**common, "fold": fold, **{m: round(metrics[m], 4) for m in METRICS},
+                                  "pooled_auc": ""})
+                out.writerow({**common, "fold": "mean", **{m: round(s.mean[m], 4) for m in METRICS},
+                              "pooled_auc": round(s.pooled_auc, 4)})
+                out.writerow({**common, "fold": "std", **{m: round(s.std[m], 4) for m in METRICS}, "pooled_auc": ""})
+
+    atomic_write(csv_path, write_csv)
+    rows = summary_rows(summaries)
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r[h] for h in header) + " |" for r in rows]
+    note = ("\nAll figures in percent. Per-fold figures on each fold's test patients; mean ± sample standard "
+            "deviation (ddof=1) over folds; pooled AUC over all out-of-fold predictions together.\n")
+    atomic_write_text(md_path, "\n".join(lines) + "\n" + note)
+    return csv_path, md_path

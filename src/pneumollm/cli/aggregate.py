@@ -1,0 +1,62 @@
+"""``pneumollm-aggregate``: summarise the fold runs of an experiment folder into a table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pneumollm.analysis.collect import AggregationError, check_complete, collect_runs
+from pneumollm.analysis.summary import summarise_arm, summary_rows, write_summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pneumollm-aggregate",
+        description="Summarise <experiment_dir>/<arm>/fold<k>/ runs: per-fold rows, mean ± std, pooled AUC.",
+    )
+    parser.add_argument("experiment_dir", type=Path, help="folder holding <arm>/fold<k>/metrics.json")
+    parser.add_argument("--num-folds", type=int, default=5, help="folds every arm must have (default 5)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write summary.csv and summary.md (default: experiment_dir)")
+    parser.add_argument("--partial", action="store_true",
+                        help="summarise complete arms and list incomplete ones instead of refusing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    try:
+        arms = collect_runs(args.experiment_dir)
+        problems = {name: check_complete(arm, args.num_folds) for name, arm in arms.items()}
+        incomplete = {name: p for name, p in problems.items() if p}
+        if incomplete and not args.partial:
+            listing = "\n".join(f"  - {p}" for ps in incomplete.values() for p in ps)
+            raise AggregationError(f"cannot summarise {args.experiment_dir}:\n{listing}\n"
+                                   "Rerun the missing jobs (completed ones are skipped) or pass --partial.")
+        complete = [summarise_arm(arms[name]) for name in arms if name not in incomplete]
+        if not complete:
+            raise AggregationError(f"{args.experiment_dir}: no arm has all {args.num_folds} folds")
+    except AggregationError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        return 2
+    csv_path, md_path = write_summary(complete, args.out or args.experiment_dir)
+    table = Table(title=f"{args.experiment_dir}: {args.num_folds}-fold cross-validation (figures in %)")
+    rows = summary_rows(complete)
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for row in rows:
+        table.add_row(*row.values(), style="bold" if row["fold"] == "mean ± std" else None)
+    console.print(table)
+    for name, ps in incomplete.items():
+        console.print(f"[yellow]incomplete arm {name}:[/yellow] " + "; ".join(ps), highlight=False)
+    console.print(f"written: {csv_path} and {md_path}", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""``pneumollm-prepare``: preprocess a cohort into the film cache, make its folds, optionally a QC sheet."""
+
+from __future__ import annotations
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from rich.console import Console
+
+from pneumollm.config import register_resolvers
+from pneumollm.data.datamodule import CohortDataModule
+from pneumollm.data.qc_sheets import write_cohort_qc
+from pneumollm.paths import conf_dir
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    """Prepare the configured cohort; prints counts and where the cohort, report, folds and QC sheets are."""
+    console = Console(stderr=True)
+    datamodule: CohortDataModule = instantiate(cfg.data, _convert_="object")
+    datamodule.prepare_data()
+    console.print(f"cohort index: {datamodule.cohort_folder / 'cohort.csv'}", highlight=False)
+    console.print(f"folds: {datamodule.folds_path}", highlight=False)
+    if cfg.qc:
+        sheets = write_cohort_qc(datamodule.cohort, max_films=int(cfg.qc_max_films), columns=int(cfg.qc_columns))
+        for sheet in sheets:
+            console.print(f"QC sheet: {sheet}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

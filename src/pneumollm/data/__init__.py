@@ -1,0 +1,1 @@
+"""Cohort input, DICOM decoding, preprocessing, cached films, folds and the DataModule."""

@@ -1,0 +1,215 @@
+"""Reading a cohort: a manifest CSV, or a DICOM folder plus a labels CSV, into film records.
+
+Rows that cannot be used (missing patient id or label, a file that does not exist, an unreadable
+DICOM header) are not fatal: they come back as ``Skipped`` entries for the preprocessing report.
+Label values that are present but unknown are an error naming the row, since they signal a
+mapping the user must decide on.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pneumollm.data.dicom import UnreadableImageError, read_header
+from pneumollm.data.films import RASTER_SUFFIXES, is_dicom
+
+NORMAL, PNEUMOCONIOSIS = 0, 1
+DEFAULT_LABEL_MAP: dict[str, int] = {
+    "0": NORMAL, "normal": NORMAL, "negative": NORMAL, "no": NORMAL, "false": NORMAL, "healthy": NORMAL,
+    "1": PNEUMOCONIOSIS, "pneumoconiosis": PNEUMOCONIOSIS, "positive": PNEUMOCONIOSIS, "yes": PNEUMOCONIOSIS,
+    "true": PNEUMOCONIOSIS, "sick": PNEUMOCONIOSIS,
+}  # fmt: skip
+
+# Accepted spellings of the columns (compared case-insensitively, spaces and dashes as underscores).
+PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path")
+PATIENT_COLUMNS = ("patient_id", "patientid", "patient")
+LABEL_COLUMNS = ("label", "diagnosis", "target", "class")
+UID_COLUMNS = ("sop_instance_uid", "sopinstanceuid", "sop_uid")
+
+
+class CohortError(ValueError):
+    """A cohort definition that cannot be used as given (names the file and row)."""
+
+
+@dataclass(frozen=True)
+class FilmRecord:
+    """One usable film of the cohort."""
+
+    image_id: str  # the film's path relative to the manifest / DICOM folder, POSIX form; unique
+    path: Path  # absolute path of the source file
+    patient_id: str
+    label: int
+    extra: tuple[tuple[str, str], ...] = ()  # optional manifest columns, kept for the user's analyses
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A film (or label row) left out, with the reason; goes into ``preprocess_report.csv``."""
+
+    image_id: str
+    path: str
+    reason: str
+
+
+@dataclass
+class CohortListing:
+    """What reading a cohort definition produced."""
+
+    records: list[FilmRecord] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def _canonical(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _find_column(header: Iterable[str], candidates: tuple[str, ...]) -> str | None:
+    by_canon = {_canonical(h): h for h in header}
+    return next((by_canon[c] for c in candidates if c in by_canon), None)
+
+
+def parse_label(raw: str | None, label_map: Mapping[str, int], where: str) -> int | None:
+    """Map a label cell to 0/1; ``None`` for an empty cell; ``CohortError`` naming ``where`` if unknown."""
+    text = ("" if raw is None else str(raw)).strip()
+    if text == "" or text.lower() in {"nan", "none", "null"}:
+        return None
+    key = text.lower()
+    if key.endswith(".0") and key[:-2].isdigit():
+        key = key[:-2]
+    if key not in label_map:
+        known = ", ".join(sorted(label_map))
+        raise CohortError(f"{where}: unknown label value {text!r}; known values: {known} (set data.label_map to add)")
+    return int(label_map[key])
+
+
+def _read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not csv_path.is_file():
+        raise CohortError(f"{csv_path}: file not found")
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise CohortError(f"{csv_path}: empty CSV (expected a header row)")
+        return list(reader.fieldnames), list(reader)
+
+
+def _label_map(extra: Mapping[str, int] | None) -> dict[str, int]:
+    merged = dict(DEFAULT_LABEL_MAP)
+    merged.update({str(k).strip().lower(): int(v) for k, v in (extra or {}).items()})
+    return merged
+
+
+def read_manifest(manifest: str | Path, label_map: Mapping[str, int] | None = None) -> CohortListing:
+    """Read a manifest CSV with columns ``path,patient_id,label`` (paths relative to the manifest)."""
+    manifest = Path(manifest).expanduser().resolve()
+    header, rows = _read_rows(manifest)
+    path_col = _find_column(header, PATH_COLUMNS)
+    patient_col = _find_column(header, PATIENT_COLUMNS)
+    label_col = _find_column(header, LABEL_COLUMNS)
+    missing = [name for name, col in (("path", path_col), ("patient_id", patient_col), ("label", label_col)) if not col]
+    if missing:
+        raise CohortError(f"{manifest}: missing column(s) {', '.join(missing)}; found {', '.join(header)}")
+    labels = _label_map(label_map)
+    used = {path_col, patient_col, label_col}
+    listing = CohortListing()
+    seen: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        where = f"{manifest} row {line}"
+        rel = (row.get(path_col) or "").strip()
+        if not rel:
+            listing.skipped.append(Skipped(f"<row {line}>", "", "no path in the manifest row"))
+            continue
+        path = (manifest.parent / rel).resolve()
+        image_id = Path(rel).as_posix()
+        if image_id in seen:
+            raise CohortError(f"{where}: {rel!r} is listed twice (also row {seen[image_id]})")
+        seen[image_id] = line
+        label = parse_label(row.get(label_col), labels, where)
+        patient = (row.get(patient_col) or "").strip()
+        reason = (
+            "missing label" if label is None else "missing patient id" if not patient
+            else "file not found" if not path.is_file() else ""
+        )  # fmt: skip
+        if reason:
+            listing.skipped.append(Skipped(image_id, str(path), reason))
+            continue
+        extra = tuple((k, str(v)) for k, v in row.items() if k not in used and k is not None)
+        listing.records.append(FilmRecord(image_id, path, patient, int(label), extra))  # type: ignore[arg-type]
+    return listing
+
+
+def _scan_films(folder: Path) -> list[Path]:
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    return [p for p in files if p.suffix.lower() not in (*RASTER_SUFFIXES, ".csv", ".json", ".txt") and is_dicom(p)]
+
+
+def read_dicom_folder(
+    folder: str | Path, labels_csv: str | Path, label_map: Mapping[str, int] | None = None
+) -> CohortListing:
+    """Read every DICOM file under ``folder`` and label it from ``labels_csv``.
+
+    The labels CSV has a ``label`` column and either a ``file`` column (path relative to the CSV or to
+    ``folder``) or a ``sop_instance_uid`` column matched against the files' SOP Instance UID. An optional
+    ``patient_id`` column overrides the files' PatientID tag.
+    """
+    folder = Path(folder).expanduser().resolve()
+    labels_csv = Path(labels_csv).expanduser().resolve()
+    if not folder.is_dir():
+        raise CohortError(f"{folder}: DICOM folder not found")
+    header, rows = _read_rows(labels_csv)
+    file_col = _find_column(header, PATH_COLUMNS)
+    uid_col = _find_column(header, UID_COLUMNS)
+    label_col = _find_column(header, LABEL_COLUMNS)
+    patient_col = _find_column(header, PATIENT_COLUMNS)
+    if not label_col or not (file_col or uid_col):
+        raise CohortError(
+            f"{labels_csv}: need a 'label' column and a 'file' or 'sop_instance_uid' column; found {', '.join(header)}"
+        )
+    labels = _label_map(label_map)
+    by_file: dict[Path, tuple[int, dict[str, str]]] = {}
+    by_uid: dict[str, tuple[int, dict[str, str]]] = {}
+    for line, row in enumerate(rows, start=2):
+        if file_col and (row.get(file_col) or "").strip():
+            rel = row[file_col].strip()
+            candidates = [(labels_csv.parent / rel).resolve(), (folder / rel).resolve()]
+            key = next((c for c in candidates if c.is_file()), candidates[0])
+            by_file[key] = (line, row)
+        elif uid_col and (row.get(uid_col) or "").strip():
+            by_uid[row[uid_col].strip()] = (line, row)
+    listing = CohortListing()
+    matched: set[int] = set()
+    for path in _scan_films(folder):
+        image_id = path.relative_to(folder).as_posix()
+        entry = by_file.get(path)
+        header_info = None
+        if entry is None or not (patient_col and (entry[1].get(patient_col) or "").strip()):
+            try:
+                header_info = read_header(path)
+            except UnreadableImageError as err:
+                listing.skipped.append(Skipped(image_id, str(path), err.reason))
+                if entry is not None:
+                    matched.add(entry[0])
+                continue
+            if entry is None:
+                entry = by_uid.get(header_info.sop_instance_uid)
+        if entry is None:
+            listing.skipped.append(Skipped(image_id, str(path), "no label row for this file"))
+            continue
+        line, row = entry
+        matched.add(line)
+        label = parse_label(row.get(label_col), labels, f"{labels_csv} row {line}")
+        patient = (row.get(patient_col) or "").strip() if patient_col else ""
+        if not patient and header_info is not None:
+            patient = header_info.patient_id
+        if label is None or not patient:
+            reason = "missing label" if label is None else "missing patient id"
+            listing.skipped.append(Skipped(image_id, str(path), reason))
+            continue
+        listing.records.append(FilmRecord(image_id, path, patient, label))
+    for line, row in [*by_file.values(), *by_uid.values()]:
+        if line not in matched:
+            ref = (row.get(file_col) if file_col else None) or (row.get(uid_col) if uid_col else "")
+            listing.skipped.append(Skipped(str(ref), "", f"labels row {line}: no matching DICOM file in {folder}"))
+    return listing

@@ -1,0 +1,208 @@
+"""The Lightning DataModule: prepares the cohort once, then serves one fold's train/val/test films."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+from rich.console import Console
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pneumollm.data.folds import FOLDS_FILE, FoldSplit, load_or_make_folds, split_fold
+from pneumollm.data.lungs.base import LungSegmenter
+from pneumollm.data.preprocess import (
+    PreparedCohort,
+    PreparedFilm,
+    PreprocessSettings,
+    cpu_workers,
+    prepare_cohort,
+    read_cohort_index,
+)
+from pneumollm.data.sources import list_cohort
+
+SELECTION_SPLITS = ("validation", "test_fold_reference")
+
+
+def build_segmenter(lungs: Mapping[str, Any]) -> LungSegmenter:
+    """Instantiate the lung segmenter of a ``lungs`` config (its ``margin`` belongs to the crop step)."""
+    node = {k: v for k, v in lungs.items() if k != "margin"}
+    return instantiate(node, _convert_="object")
+
+
+# Keys of a batch dict.
+IMAGE, LABEL, INDEX = "image", "label", "index"
+
+
+class FilmDataset(Dataset):
+    """Preprocessed films held in memory as uint8 [N, 1, H, W]; items are dicts (image float in [0, 1])."""
+
+    def __init__(self, films: list[PreparedFilm], images: torch.Tensor) -> None:
+        self.films = films
+        self.images = images
+        self.labels = torch.tensor([f.label for f in films], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.films)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {
+            IMAGE: self.images[index].float().div_(255.0),
+            LABEL: self.labels[index],
+            INDEX: index,
+        }
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Shuffles with a permutation derived from (seed, epoch) only, so a resumed run sees the same order."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class CohortDataModule(L.LightningDataModule):
+    """Patient-level cross-validation over a preprocessed cohort.
+
+    ``prepare_data`` reads the cohort, preprocesses every film into the on-disk cache (skipping and
+    reporting bad files) and makes or reuses ``folds.csv``. ``setup`` loads the fold's films into memory:
+    the test patients are the fold's; validation patients are carved from the training patients
+    (``selection_split="validation"``). ``selection_split="test_fold_reference"`` reproduces the reference
+    code's optimistic protocol (selection on the test fold) and exists only for reproduction.
+    """
+
+    def __init__(
+        self,
+        source: Mapping[str, Any],
+        prepared_dir: str,
+        lungs: Mapping[str, Any],
+        image_size: int = 224,
+        fold: int = 0,
+        num_folds: int = 5,
+        val_fraction: float = 0.2,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        folds_seed: int = 0,
+        folds_file: str | None = None,
+        regenerate_folds: bool = False,
+        selection_split: str = "validation",
+        label_map: Mapping[str, int] | None = None,
+        allowed_modalities: tuple[str, ...] | list[str] = ("CR", "DX", "DR", "RG", "OT"),
+        preprocess_workers: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if selection_split not in SELECTION_SPLITS:
+            raise ValueError(f"data.selection_split must be one of {SELECTION_SPLITS}, got {selection_split!r}")
+        if not 0 <= fold < num_folds:
+            raise ValueError(f"data.fold={fold} is outside 0..{num_folds - 1}")
+        self.source = dict(source)
+        self.prepared_dir = Path(prepared_dir)
+        self.lungs = dict(lungs)
+        self.settings = PreprocessSettings(
+            image_size=image_size, lungs={k: v for k, v in self.lungs.items() if k != "margin"},
+            margin=float(self.lungs.get("margin", 0.0)), allowed_modalities=tuple(allowed_modalities),
+        )
+        self.fold = fold
+        self.num_folds = num_folds
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.folds_seed = folds_seed
+        self.folds_path = Path(folds_file) if folds_file else self.prepared_dir / FOLDS_FILE
+        self.regenerate_folds = regenerate_folds
+        self.selection_split = selection_split
+        self.label_map = dict(label_map) if label_map else None
+        self.preprocess_workers = preprocess_workers
+        self.progress = progress
+        self.cohort: PreparedCohort | None = None
+        self.split: FoldSplit | None = None
+        self.datasets: dict[str, FilmDataset] = {}
+
+    @property
+    def cohort_folder(self) -> Path:
+        return self.prepared_dir / self.settings.tag()
+
+    def prepare_data(self) -> None:
+        console = Console(stderr=True)
+        listing = list_cohort(self.source, label_map=self.label_map, progress=self.progress)
+        self.cohort = prepare_cohort(
+            listing, self.prepared_dir, self.settings, partial(build_segmenter, self.lungs),
+            workers=cpu_workers(self.preprocess_workers), progress=self.progress,
+        )
+        for line in self.cohort.summary_lines():
+            console.print(f"[bold]cohort[/bold] {line}", highlight=False)
+        pairs = [(f.patient_id, f.label) for f in self.cohort.films]
+        load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, self.regenerate_folds)
+        self.regenerate_folds = False  # once per run, not once per stage
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        films = read_cohort_index(self.cohort_folder)
+        pairs = [(f.patient_id, f.label) for f in films]
+        assignment = load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed)
+        patient_labels: dict[str, int] = {}
+        for patient, label in pairs:
+            patient_labels[patient] = max(label, patient_labels.get(patient, 0))
+        self.split = split_fold(assignment, patient_labels, self.fold, self.val_fraction, self.seed)
+        test_patients = self.split.test
+        val_patients = self.split.test if self.selection_split == "test_fold_reference" else self.split.val
+        parts = {"train": self.split.train, "val": val_patients, "test": test_patients}
+        for name, patients in parts.items():
+            chosen = [f for f in films if f.patient_id in patients]
+            self.datasets[name] = FilmDataset(chosen, self._load_images(chosen))
+
+    def _load_images(self, films: list[PreparedFilm]) -> torch.Tensor:
+        size = self.settings.image_size
+        images = torch.empty((len(films), 1, size, size), dtype=torch.uint8)
+        for i, film in enumerate(films):
+            with Image.open(self.cohort_folder / film.file) as img:
+                images[i, 0] = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.uint8).copy())
+        return images
+
+    def split_sizes(self) -> dict[str, dict[str, int]]:
+        """Films, patients and positives per split (after ``setup``)."""
+        return {
+            name: {"films": len(ds), "patients": len({f.patient_id for f in ds.films}),
+                   "positives": int(ds.labels.sum())}
+            for name, ds in self.datasets.items()
+        }
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[name]
+        sampler = EpochSeededSampler(len(dataset), self.seed) if shuffle else None
+        return DataLoader(
+            dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size, sampler=sampler,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

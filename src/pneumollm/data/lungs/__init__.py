@@ -1,0 +1,1 @@
+"""Lung segmentation and cropping options of the preprocessing stage."""

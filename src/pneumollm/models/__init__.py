@@ -1,0 +1,1 @@
+"""Models of the suite: PneumoLLM, its components, and the comparison arms."""

@@ -1,0 +1,1 @@
+"""Comparison arms of the paper's Tables 2 and 3."""

@@ -1,0 +1,63 @@
+"""The contract every model of the suite fulfils, and the shared input normaliser."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+# Per-channel statistics of the encoders' own pre-training data.
+NORMALIZATION_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+class InputNormalizer(nn.Module):
+    """Turns greyscale films in [0, 1] of shape [B, 1, H, W] into normalised [B, C, H, W] input."""
+
+    def __init__(self, stats: str | Sequence[Sequence[float]] = "clip", channels: int = 3) -> None:
+        super().__init__()
+        if isinstance(stats, str):
+            if stats not in NORMALIZATION_STATS:
+                raise ValueError(f"unknown normalisation {stats!r}; choose one of {sorted(NORMALIZATION_STATS)}")
+            mean, std = NORMALIZATION_STATS[stats]
+        else:
+            mean, std = stats
+        self.channels = channels
+        self.register_buffer("mean", torch.tensor(mean[:channels]).view(1, channels, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std[:channels]).view(1, channels, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1 and self.channels != 1:
+            images = images.expand(-1, self.channels, -1, -1)
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+
+class ImageClassifier(nn.Module):
+    """Base class of every model the training module can drive.
+
+    Input: greyscale films, float tensor [B, 1, H, W] with values in [0, 1] (H = W = 224 by default).
+    Output of ``forward``: class logits [B, num_classes].
+    ``extract_features`` returns the head's input [B, F] (used for t-SNE plots).
+    Parameters that should not train must have ``requires_grad=False``; the training module
+    optimises exactly the parameters that require gradients and checkpoints only those.
+    """
+
+    num_classes: int = 2
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def trainable_parameter_count(self) -> int:
+        """Number of parameters that receive gradients."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def total_parameter_count(self) -> int:
+        """Number of all parameters, frozen ones included."""
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,1 @@
+"""Training: losses, optimiser and schedule, the LightningModule, run records and the fold runner."""

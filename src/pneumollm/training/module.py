@@ -1,0 +1,177 @@
+"""The LightningModule: loss, AdamW with decay groups, the per-iteration schedule, and the paper's metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
+
+from pneumollm.data.datamodule import IMAGE, INDEX, LABEL
+from pneumollm.models.base import ImageClassifier
+from pneumollm.training.losses import ClassificationLoss
+from pneumollm.training.optim import weight_decay_groups
+
+METRIC_NAMES = ("sensitivity", "specificity", "accuracy", "auc")
+
+
+def paper_metrics(threshold: float = 0.5) -> MetricCollection:
+    """Sensitivity (recall of pneumoconiosis), specificity, accuracy and AUC on P(pneumoconiosis)."""
+    return MetricCollection({
+        "sensitivity": BinaryRecall(threshold=threshold),
+        "specificity": BinarySpecificity(threshold=threshold),
+        "accuracy": BinaryAccuracy(threshold=threshold),
+        "auc": BinaryAUROC(),
+    })
+
+
+def frozen_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap fingerprint of the frozen weights (shape and first values of each), to catch a changed backbone."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        if param.requires_grad or param.device.type == "meta":
+            continue
+        digest.update(name.encode())
+        digest.update(str(tuple(param.shape)).encode())
+        digest.update(param.detach().flatten()[:16].float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _numpy_state_to_tensors() -> dict[str, Any]:
+    """NumPy's RNG state in types that ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from_tensors(state: dict[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return state["kind"], keys, state["pos"], state["has_gauss"], state["cached"]
+
+
+class ClassificationModule(L.LightningModule):
+    """Trains an ``ImageClassifier`` fold by fold and reports the paper's metrics in percent.
+
+    Only parameters with ``requires_grad`` are optimised and checkpointed; frozen weights are rebuilt
+    from their source (pretrained files or a seeded random initialisation) and checked by fingerprint.
+    """
+
+    def __init__(
+        self,
+        net: ImageClassifier,
+        loss: ClassificationLoss,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        weight_decay: float = 0.02,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.weight_decay = weight_decay
+        self.threshold = threshold
+        self.strict_loading = False  # checkpoints hold the trainable weights only
+        self.val_metrics = paper_metrics(threshold).clone(prefix="val/")
+        self.test_metrics = paper_metrics(threshold).clone(prefix="test/")
+        self._val_losses: list[torch.Tensor] = []
+        self._test_rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.test_predictions: dict[str, np.ndarray] = {}
+        self.test_results: dict[str, float] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def has_trainable_parameters(self) -> bool:
+        return any(p.requires_grad for p in self.net.parameters())
+
+    # ---- steps -------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self.net(batch[IMAGE])
+        loss = self.loss_fn(logits.float(), batch[LABEL])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self.net(batch[IMAGE]).float()
+        self._val_losses.append(self.loss_fn(logits, batch[LABEL]).detach() * len(logits))
+        self.val_metrics.update(self.loss_fn.positive_probability(logits), batch[LABEL])
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_losses:
+            return
+        count = len(self.trainer.datamodule.datasets["val"]) if self.trainer.datamodule else 1
+        self.log("val/loss", torch.stack(self._val_losses).sum() / max(1, count), prog_bar=False)
+        self._val_losses.clear()
+        values = self._percent(self.val_metrics.compute(), "val/")
+        self.val_metrics.reset()
+        avg = values.pop("val/avg")
+        self.log_dict(values, prog_bar=False)
+        self.log("val/avg", avg, prog_bar=True)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self.net(batch[IMAGE]).float()
+        probs = self.loss_fn.positive_probability(logits)
+        self.test_metrics.update(probs, batch[LABEL])
+        self._test_rows.append((batch[INDEX].detach().cpu(), batch[LABEL].detach().cpu(), probs.detach().cpu()))
+
+    def on_test_epoch_end(self) -> None:
+        values = self._percent(self.test_metrics.compute(), "test/")
+        self.test_metrics.reset()
+        self.log_dict(values)
+        self.test_results = {k: float(v) for k, v in values.items()}
+        index, label, prob = (torch.cat(parts).numpy() for parts in zip(*self._test_rows))
+        self.test_predictions = {"index": index, "label": label, "prob": prob}
+        self._test_rows.clear()
+
+    @staticmethod
+    def _percent(values: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        scaled = {k: v.float() * 100.0 for k, v in values.items()}
+        scaled[f"{prefix}avg"] = torch.stack([scaled[f"{prefix}{n}"] for n in METRIC_NAMES]).mean()
+        return scaled
+
+    # ---- optimisation ------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(weight_decay_groups(self.net, self.weight_decay))
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, int(self.trainer.max_epochs or 1)))
+        scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints: trainable weights only, plus RNG state for exact resumption ------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = {f"net.{n}" for n, p in self.net.named_parameters() if p.requires_grad}
+        keep |= {f"net.{n}" for n, _ in self.net.named_buffers()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["frozen_fingerprint"] = frozen_fingerprint(self.net)
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _numpy_state_to_tensors(),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        expected = checkpoint.get("frozen_fingerprint")
+        if expected and expected != frozen_fingerprint(self.net):
+            raise RuntimeError(
+                "the checkpoint was trained on different frozen weights than the ones loaded now "
+                "(another pretrained model, seed or architecture); refusing to mix them"
+            )
+        states = checkpoint.get("rng_states")
+        if states and self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
+            torch.set_rng_state(states["torch"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+            np.random.set_state(_numpy_state_from_tensors(states["numpy"]))
+            random.setstate(states["python"])

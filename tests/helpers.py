@@ -1,0 +1,93 @@
+"""Helpers shared by the tests: locating ../shared data and pydicom-data files, skipping when absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PNEUMOLLM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path inside ``../shared/data``; skips the calling test with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the project's shared test data, absent on this machine)")
+    return path
+
+
+def pydicom_test_file(name: str) -> Path:
+    """A file of the PyPI package ``pydicom-data``; skips when the package is not installed."""
+    try:
+        from pydicom.data import get_testdata_file
+    except ImportError:  # pragma: no cover
+        pytest.skip("pydicom is not installed")
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} needs the PyPI package pydicom-data (pip install pydicom-data)")
+    return Path(path)
+
+
+def make_toy_manifest(root: Path, n_patients: int = 20, films_per_patient: int = 1, size: int = 48,
+                      positive_every: int = 2, seed: int = 0) -> Path:
+    """Write a toy cohort of PNG films (positives carry bright dots) and its manifest; returns the manifest."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["path,patient_id,label"]
+    for p in range(n_patients):
+        label = int(p % positive_every == 0)
+        for k in range(films_per_patient):
+            film = rng.normal(90, 12, (size, size))
+            if label:
+                for _ in range(6):
+                    r, c = rng.integers(2, size - 2, 2)
+                    film[r - 2:r + 2, c - 2:c + 2] += 120
+            name = f"films/p{p:03d}_{k}.png"
+            (root / "films").mkdir(exist_ok=True)
+            Image.fromarray(np.clip(film, 0, 255).astype("uint8")).save(root / name)
+            rows.append(f"{name},P{p:03d},{'pneumoconiosis' if label else 'normal'}")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train",
+                  config_dir: Path | None = None):
+    """Compose the training config like the Hydra app does (hydra node included), run dir under ``run_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from pneumollm.config import register_resolvers
+    from pneumollm.paths import conf_dir
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir or conf_dir())):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(run_dir)
+        del cfg["hydra"]  # the app's task function never sees the hydra node
+    return cfg
+
+
+class CrashAtEpoch:
+    """A Lightning callback that raises when epoch ``epoch`` starts (simulates an interrupted run)."""
+
+    def __new__(cls, epoch: int):
+        import lightning as L
+
+        class _Crash(L.Callback):
+            def on_train_epoch_start(self, trainer, pl_module) -> None:
+                if trainer.current_epoch == epoch:
+                    raise RuntimeError(f"simulated interruption at epoch {epoch}")
+
+        return _Crash()

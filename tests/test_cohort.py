@@ -1,0 +1,89 @@
+"""Reading cohorts: manifests and DICOM folders with labels keyed by file or SOP Instance UID."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pneumollm.data.cohort import CohortError, read_dicom_folder, read_manifest
+from tests.helpers import make_toy_manifest
+from tests.test_dicom import _ramp, _write_film
+
+
+def test_manifest_paths_are_relative_to_the_manifest(tmp_path: Path) -> None:
+    manifest = make_toy_manifest(tmp_path / "cohort", n_patients=4)
+    listing = read_manifest(manifest)
+    assert len(listing.records) == 4 and not listing.skipped
+    first = listing.records[0]
+    assert first.path.is_file() and first.image_id == "films/p000_0.png" and first.label == 1
+
+
+def test_missing_label_or_patient_or_file_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    make_toy_manifest(tmp_path, n_patients=3)
+    manifest = tmp_path / "edited.csv"
+    manifest.write_text("path,patient_id,label\n"
+                        "films/p000_0.png,P000,pneumoconiosis\n"
+                        "films/p001_0.png,,normal\n"
+                        "films/p002_0.png,P002,\n"
+                        "films/gone.png,P003,normal\n")
+    listing = read_manifest(manifest)
+    reasons = {s.image_id: s.reason for s in listing.skipped}
+    assert reasons == {"films/p001_0.png": "missing patient id", "films/p002_0.png": "missing label",
+                       "films/gone.png": "file not found"}
+    assert [r.image_id for r in listing.records] == ["films/p000_0.png"]
+
+
+def test_unknown_label_is_an_error_naming_the_row(tmp_path: Path) -> None:
+    manifest = make_toy_manifest(tmp_path, n_patients=3)
+    manifest.write_text(manifest.read_text().replace("P001,normal", "P001,maybe"))
+    with pytest.raises(CohortError, match=r"manifest.csv row 3: unknown label value 'maybe'"):
+        read_manifest(manifest)
+    extra = read_manifest(manifest, label_map={"maybe": 0})
+    assert [r.label for r in extra.records] == [1, 0, 1]
+
+
+def test_manifest_without_required_columns_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("file,diagnosis\na.png,normal\n")
+    with pytest.raises(CohortError, match="missing column"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_a_film_listed_twice_is_an_error(tmp_path: Path) -> None:
+    manifest = make_toy_manifest(tmp_path, n_patients=2)
+    manifest.write_text(manifest.read_text() + "films/p000_0.png,P000,pneumoconiosis\n")
+    with pytest.raises(CohortError, match="listed twice"):
+        read_manifest(manifest)
+
+
+def _dicom_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "dicoms"
+    (folder / "a").mkdir(parents=True)
+    for i in range(3):
+        _write_film(folder / "a" / f"f{i}.dcm", _ramp())
+    (folder / "README.txt").write_text("not a film")
+    return folder
+
+
+def test_dicom_folder_labels_by_file_take_patient_from_the_tag(tmp_path: Path) -> None:
+    folder = _dicom_folder(tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\na/f0.dcm,1\na/f1.dcm,normal\nmissing.dcm,1\n")
+    listing = read_dicom_folder(folder, labels)
+    assert sorted(r.image_id for r in listing.records) == ["a/f0.dcm", "a/f1.dcm"]
+    assert {r.patient_id for r in listing.records} == {"PX1"}
+    reasons = sorted(s.reason for s in listing.skipped)
+    assert reasons[0].startswith("labels row 4: no matching DICOM file")
+    assert reasons[1] == "no label row for this file"
+
+
+def test_dicom_folder_labels_by_sop_instance_uid(tmp_path: Path) -> None:
+    import pydicom
+
+    folder = _dicom_folder(tmp_path)
+    uid = pydicom.dcmread(folder / "a" / "f2.dcm", stop_before_pixels=True).SOPInstanceUID
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"sop_instance_uid,label,patient_id\n{uid},pneumoconiosis,P77\n")
+    listing = read_dicom_folder(folder, labels)
+    assert [(r.image_id, r.label, r.patient_id) for r in listing.records] == [("a/f2.dcm", 1, "P77")]
+    assert len(listing.skipped) == 2

@@ -1,0 +1,90 @@
+"""One fold end to end through the composed config: outputs, skipping done runs, exact resumption."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pneumollm.training.run import run_fold
+from tests.helpers import compose_train, make_toy_manifest
+
+TOY = ["data=manifest", "lungs=none", "model=timm_resnet18", "trainer=cpu", "logger=csv", "data.image_size=32",
+       "data.progress=false", "data.preprocess_workers=1", "data.num_folds=3", "data.batch_size=8",
+       "callbacks.progress=null", "model.model_name=test_resnet", "+model.model_kwargs={drop_rate: 0.3}"]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_toy_manifest(tmp_path_factory.mktemp("toy"), n_patients=18, films_per_patient=2, size=40)
+
+
+def _cfg(manifest: Path, root: Path, *extra: str):
+    return compose_train([*TOY, f"data.source.manifest={manifest}", f"paths.root_dir={root}",
+                          "trainer.max_epochs=3", *extra], run_dir=root / "run")
+
+
+def _predictions(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "predictions.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_fold_run_writes_metrics_predictions_config_and_a_trainable_only_checkpoint(manifest: Path,
+                                                                                    tmp_path: Path) -> None:
+    cfg = _cfg(manifest, tmp_path)
+    metrics = run_fold(cfg)
+    run = tmp_path / "run"
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == metrics
+    for key in ("test/sensitivity", "test/specificity", "test/accuracy", "test/auc", "test/avg", "fold", "arm",
+                "seed", "trainable_params", "total_params", "peak_memory_mb", "train_seconds", "config_hash"):
+        assert key in saved, key
+    assert saved["arm"] == "timm_resnet18" and saved["fold"] == 0
+    rows = _predictions(run)
+    assert len(rows) == saved["splits"]["test"]["films"] and {r["fold"] for r in rows} == {"0"}
+    assert (run / "config.yaml").is_file()
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["state_dict"] and all(k.startswith("net.") for k in ckpt["state_dict"])
+    assert not (run / "checkpoints" / "last.ckpt").exists()  # only kept while a run can still be resumed
+
+
+def test_frozen_weights_are_left_out_of_checkpoints(manifest: Path, tmp_path: Path) -> None:
+    cfg = _cfg(manifest, tmp_path, "trainer.max_epochs=1")
+    from hydra.utils import instantiate
+
+    from pneumollm.training.module import ClassificationModule
+
+    net = instantiate(cfg.model)
+    for name, param in net.named_parameters():
+        param.requires_grad = name.startswith("backbone.fc")
+    module = ClassificationModule(net, instantiate(cfg.loss), instantiate(cfg.optimizer))
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    params = {k for k in checkpoint["state_dict"] if "running_" not in k and "num_batches" not in k}
+    assert params == {"net.backbone.fc.weight", "net.backbone.fc.bias"}
+
+
+def test_a_finished_run_with_the_same_config_is_skipped(manifest: Path, tmp_path: Path) -> None:
+    cfg = _cfg(manifest, tmp_path, "trainer.max_epochs=1")
+    run_fold(cfg)
+    stamp = (tmp_path / "run" / "metrics.json").stat().st_mtime_ns
+    run_fold(cfg)
+    assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns == stamp
+    changed = _cfg(manifest, tmp_path, "trainer.max_epochs=2")  # another config: the run is redone
+    run_fold(changed)
+    assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns != stamp
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(manifest: Path, tmp_path: Path) -> None:
+    straight = run_fold(_cfg(manifest, tmp_path / "a"))
+    crash = "+callbacks.crash={_target_: tests.helpers.CrashAtEpoch, epoch: 2}"
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        run_fold(_cfg(manifest, tmp_path / "b", crash))
+    assert (tmp_path / "b/run/checkpoints/last.ckpt").is_file() and not (tmp_path / "b/run/metrics.json").exists()
+    resumed = run_fold(_cfg(manifest, tmp_path / "b"))
+    assert _predictions(tmp_path / "a/run") == _predictions(tmp_path / "b/run")
+    for key in ("test/auc", "test/avg", "epochs_run"):
+        assert resumed[key] == straight[key]
