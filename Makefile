@@ -10,11 +10,21 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: install demo test test-all lint format clean help
+# Paper tables and figures: `make table6 [SIZE=full] [DATA=/path/manifest.csv] [ARGS="trainer.max_epochs=50"]`.
+SIZE ?= tiny
+DATA ?=
+ARGS ?=
+RESULTS ?= results
+TABLES := table2 table3 table4 table5 table6 fig6a fig6b
+DATA_ARGS = $(if $(DATA),data=manifest data.source.manifest=$(abspath $(DATA)),)
+
+.PHONY: install demo test test-all lint format clean help paper $(TABLES)
 
 help:
 	@echo "make demo      five-fold cross-validation of the tiny PneumoLLM on the embedded demo cohort (CPU)"
 	@echo "make test      the fast test suite (make test-all adds slow and ../shared tests)"
+	@echo "make table6    one paper table or figure (table2..table6, fig6a, fig6b); make paper runs them all"
+	@echo "               SIZE=full (paper models, GPU), DATA=manifest.csv (your cohort), ARGS='key=value ...'"
 	@echo "make install   create $(VENV) with the suite installed (done automatically by the others)"
 	@echo "make lint      ruff"
 
@@ -30,6 +40,12 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/pneumollm-train --config-dir experiments --config-name demo -m
 	$(BIN)/pneumollm-aggregate $(OUT)/demo --num-folds 5
+
+$(TABLES): install
+	$(BIN)/pneumollm-train --config-dir experiments --config-name $@ -m size=$(SIZE) paths.results_dir=$(RESULTS) $(DATA_ARGS) $(ARGS)
+	$(BIN)/pneumollm-aggregate $(RESULTS)/$@/runs --table $@ --partial
+
+paper: $(TABLES)
 
 test: install
 	$(BIN)/python -m pytest -q

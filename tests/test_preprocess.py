@@ -75,3 +75,17 @@ def test_parallel_workers_give_the_same_films(tmp_path: Path) -> None:
         left = np.asarray(Image.open(serial.folder / a.file))
         right = np.asarray(Image.open(parallel.folder / b.file))
         np.testing.assert_array_equal(left, right)
+
+
+def test_a_known_bad_file_is_reported_again_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = make_toy_manifest(tmp_path / "c", n_patients=4)
+    (tmp_path / "c/films/p001_0.png").write_bytes(b"not an image at all")
+    first = _prepare(manifest, tmp_path / "prep")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the decoder must not run again")
+
+    monkeypatch.setattr(preprocess, "decode_film", no_decoding)
+    second = _prepare(manifest, tmp_path / "prep")
+    assert [s.reason for s in second.skipped] == [s.reason for s in first.skipped]
+    assert "not a readable image" in second.skipped[0].reason

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 def data_slug(path: str) -> str:
@@ -16,10 +17,21 @@ def data_slug(path: str) -> str:
     return f"{stem}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
 
 
+def sized(full: Any, tiny: Any, *, _root_: DictConfig) -> Any:
+    """``${sized:<full value>,<tiny value>}``: pick a value by the run's ``size_name`` (tiny or full)."""
+    size = _root_.get("size_name", "tiny")
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size_name must be tiny or full, got {size!r}")
+    value = full if size == "full" else tiny
+    return OmegaConf.create(value) if isinstance(value, dict | list) else value
+
+
 def register_resolvers() -> None:
     """Register the suite's resolvers (idempotent)."""
     if not OmegaConf.has_resolver("data_slug"):
         OmegaConf.register_new_resolver("data_slug", data_slug)
+    if not OmegaConf.has_resolver("sized"):
+        OmegaConf.register_new_resolver("sized", sized)
 
 
 register_resolvers()

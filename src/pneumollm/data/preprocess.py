@@ -161,6 +161,19 @@ def _thumbnail(film: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, n
     return thumb, mask_thumb, scale
 
 
+def decoder_versions() -> dict[str, str]:
+    """Versions of the packages that decode films: a cached failure is retried when any of them changes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("pydicom", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pillow"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "absent"
+    return versions
+
+
 class FilmCache:
     """Preprocessed films on disk: ``<root>/<hash[:2]>/<hash>.png`` plus a JSON sidecar and QC thumbnails."""
 
@@ -180,6 +193,19 @@ class FilmCache:
             return json.loads(meta_path.read_text())
         except (json.JSONDecodeError, OSError):
             return None
+
+    def lookup_failure(self, content_hash: str) -> str | None:
+        """The reason a film could not be preprocessed, if that was recorded with today's decoder versions."""
+        path = self.stem(content_hash).with_suffix(".failed.json")
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return str(record["reason"]) if record.get("decoders") == decoder_versions() else None
+
+    def store_failure(self, content_hash: str, reason: str) -> None:
+        atomic_write_json(self.stem(content_hash).with_suffix(".failed.json"),
+                          {"reason": reason, "decoders": decoder_versions()})
 
     def store(self, content_hash: str, image: np.ndarray, meta: dict[str, Any], thumb: np.ndarray,
               mask_thumb: np.ndarray | None) -> None:
@@ -223,8 +249,9 @@ def _work(job: tuple[str, str, str]) -> tuple[str, dict[str, Any] | None, str]:
     try:
         image, meta, thumb, mask_thumb = process_film(Path(path), image_id, _WORKER["settings"], _WORKER["segmenter"])
     except UnreadableImageError as err:
+        _WORKER["cache"].store_failure(content_hash, err.reason)
         return content_hash, None, err.reason
-    except Exception as err:  # one bad film must not sink the run
+    except Exception as err:  # one bad film must not sink the run; not cached (may be transient)
         return content_hash, None, f"preprocessing failed ({type(err).__name__}: {err})"
     _WORKER["cache"].store(content_hash, image, meta, thumb, mask_thumb)
     return content_hash, meta, ""
@@ -267,13 +294,17 @@ def prepare_cohort(
 
     metas: dict[str, dict[str, Any]] = {}
     misses: list[FilmRecord] = []
+    failures: dict[str, str] = {}
     for record in pending:
         meta = cache.lookup(hash_of[record.image_id])
-        if meta is None:
-            misses.append(record)
-        else:
+        known_failure = cache.lookup_failure(hash_of[record.image_id]) if meta is None else None
+        if meta is not None:
             metas[record.image_id] = meta
-    failures: dict[str, str] = {}
+        elif known_failure is not None:
+            failures[record.image_id] = known_failure
+        else:
+            misses.append(record)
+    decoded_failures = 0
     if misses:
         jobs = [(str(r.path), r.image_id, hash_of[r.image_id]) for r in misses]
         by_hash = {hash_of[r.image_id]: r for r in misses}
@@ -292,6 +323,7 @@ def prepare_cohort(
                 record = by_hash[content_hash]
                 if meta is None:
                     failures[record.image_id] = reason
+                    decoded_failures += 1
                 else:
                     metas[record.image_id] = meta
         finally:
@@ -312,7 +344,7 @@ def prepare_cohort(
             file=str(cache.stem(digest).with_suffix(".png").relative_to(folder)),
             crop_status=meta["crop_status"], crop_reason=meta["crop_reason"], notes="; ".join(meta["notes"]),
         ))
-    cohort = PreparedCohort(folder=folder, films=films, skipped=skipped, decoded=len(misses) - len(failures))
+    cohort = PreparedCohort(folder=folder, films=films, skipped=skipped, decoded=len(misses) - decoded_failures)
     write_cohort_index(cohort, settings)
     return cohort
 

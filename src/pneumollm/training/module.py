@@ -71,6 +71,7 @@ class ClassificationModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         weight_decay: float = 0.02,
         threshold: float = 0.5,
+        save_features: bool = False,
     ) -> None:
         super().__init__()
         self.net = net
@@ -79,11 +80,13 @@ class ClassificationModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.weight_decay = weight_decay
         self.threshold = threshold
+        self.save_features = save_features
         self.strict_loading = False  # checkpoints hold the trainable weights only
         self.val_metrics = paper_metrics(threshold).clone(prefix="val/")
         self.test_metrics = paper_metrics(threshold).clone(prefix="test/")
         self._val_losses: list[torch.Tensor] = []
         self._test_rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._test_features: list[torch.Tensor] = []
         self.test_predictions: dict[str, np.ndarray] = {}
         self.test_results: dict[str, float] = {}
 
@@ -122,6 +125,8 @@ class ClassificationModule(L.LightningModule):
         probs = self.loss_fn.positive_probability(logits)
         self.test_metrics.update(probs, batch[LABEL])
         self._test_rows.append((batch[INDEX].detach().cpu(), batch[LABEL].detach().cpu(), probs.detach().cpu()))
+        if self.save_features:
+            self._test_features.append(self.net.extract_features(batch[IMAGE]).float().flatten(1).detach().cpu())
 
     def on_test_epoch_end(self) -> None:
         values = self._percent(self.test_metrics.compute(), "test/")
@@ -130,7 +135,10 @@ class ClassificationModule(L.LightningModule):
         self.test_results = {k: float(v) for k, v in values.items()}
         index, label, prob = (torch.cat(parts).numpy() for parts in zip(*self._test_rows))
         self.test_predictions = {"index": index, "label": label, "prob": prob}
+        if self._test_features:
+            self.test_predictions["features"] = torch.cat(self._test_features).numpy()
         self._test_rows.clear()
+        self._test_features.clear()
 
     @staticmethod
     def _percent(values: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.utils.io import atomic_write, atomic_write_json, atomic_write_text, sha256_json
@@ -16,11 +17,12 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 CONFIG_FILE = "config.yaml"
 FAILED_FILE = "failed.json"
+FEATURES_FILE = "features.npz"  # head-input features of the test films (for t-SNE plots)
 PREDICTION_COLUMNS = ("image_id", "patient_id", "fold", "label", "prob")
 
 # Settings that do not change what a run computes (where it writes, how it reports progress).
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "callbacks.progress", "data.num_workers", "data.progress",
-                     "data.preprocess_workers", "experiment.label", "experiment.group", "force")
+                     "data.preprocess_workers", "experiment.label", "experiment.group", "force", "save_features")
 
 
 def _drop(container: dict[str, Any], dotted: str) -> None:
@@ -70,6 +72,17 @@ def write_predictions(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) ->
 
 def write_config(run_dir: str | Path, cfg: DictConfig) -> Path:
     return atomic_write_text(Path(run_dir) / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def write_features(run_dir: str | Path, features: np.ndarray, labels: np.ndarray, image_ids: list[str]) -> Path:
+    """Save the test films' head-input features with their labels and ids."""
+
+    def writer(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.savez_compressed(handle, features=features.astype(np.float32), labels=labels,
+                                image_ids=np.array(image_ids))
+
+    return atomic_write(Path(run_dir) / FEATURES_FILE, writer)
 
 
 def write_failure(run_dir: str | Path, info: Mapping[str, Any]) -> Path:

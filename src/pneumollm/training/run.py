@@ -25,6 +25,7 @@ from pneumollm.training.records import (
     read_metrics,
     write_config,
     write_failure,
+    write_features,
     write_metrics,
     write_predictions,
 )
@@ -114,6 +115,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> dict[str, Any
         net=net, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         weight_decay=float(cfg.weight_decay), threshold=float(cfg.threshold),
+        save_features=bool(cfg.get("save_features", True)),
     )
     write_config(run_dir, cfg)
     callbacks = _instantiate_dict(cfg.get("callbacks"))
@@ -147,6 +149,9 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> dict[str, Any
          "label": int(label), "prob": f"{prob:.6f}"}
         for i, label, prob in zip(preds["index"].tolist(), preds["label"].tolist(), preds["prob"].tolist())
     ))
+    if "features" in preds:
+        write_features(run_dir, preds["features"], preds["label"],
+                       [test_set.films[i].image_id for i in preds["index"].tolist()])
     metrics = {
         **{k: round(v, 4) for k, v in module.test_results.items()},
         "fold": int(cfg.data.fold), "arm": str(cfg.experiment.arm), "label": str(cfg.experiment.label),
@@ -157,7 +162,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> dict[str, Any
         "selection": str(cfg.selection), "selection_split": str(cfg.data.selection_split),
         "checkpoint": str(Path(test_ckpt).relative_to(run_dir)) if test_ckpt and Path(test_ckpt).is_relative_to(run_dir)
         else test_ckpt,
-        "splits": sizes, "config_hash": chash,
+        "splits": sizes, "config_hash": chash, "cohort_folder": str(datamodule.cohort_folder.resolve()),
     }
     write_metrics(run_dir, metrics)
     if checkpoint is not None and cfg.selection == "best":

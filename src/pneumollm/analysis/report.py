@@ -1,0 +1,156 @@
+"""Aggregate one table's sweep: the table files, its figures, and an ``aggregate`` run in W&B."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from rich.console import Console
+
+from pneumollm.analysis.collect import AggregationError, ArmRuns, check_complete, collect_runs
+from pneumollm.analysis.figures import plot_film_panel, plot_metric_curve, plot_roc, plot_tsne
+from pneumollm.analysis.tables import COLUMNS, build_rows, load_paper_results, row_cells, write_table
+from pneumollm.training.records import CONFIG_FILE, FEATURES_FILE
+
+
+@dataclass
+class TableReport:
+    """What aggregating a table produced."""
+
+    table_md: Path
+    table_csv: Path
+    figures: list[Path] = field(default_factory=list)
+    incomplete: dict[str, list[str]] = field(default_factory=dict)
+    cells: list[list[str]] = field(default_factory=list)
+
+
+def _run_config(arm: ArmRuns) -> dict[str, Any]:
+    first = arm.run_dirs[min(arm.run_dirs)]
+    path = first / CONFIG_FILE
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _order(arms: dict[str, ArmRuns], table: str, curve_key: str | None) -> list[ArmRuns]:
+    if curve_key:
+        return sorted(arms.values(), key=lambda a: float(_lookup(_run_config(a), curve_key) or 0))
+    paper_order = [r.arm for r in load_paper_results() if r.table == table]
+    rank = {name: i for i, name in enumerate(paper_order)}
+    return sorted(arms.values(), key=lambda a: (rank.get(a.arm, len(rank)), a.arm))
+
+
+def _features(arm: ArmRuns) -> tuple[np.ndarray, np.ndarray] | None:
+    xs, ys = [], []
+    for run_dir in arm.run_dirs.values():
+        path = run_dir / FEATURES_FILE
+        if not path.is_file():
+            return None
+        data = np.load(path)
+        xs.append(data["features"])
+        ys.append(data["labels"])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _panel_films(arms: list[ArmRuns], per_class: int = 3) -> list[tuple[str, int, Path]]:
+    """A few test films (the first ``per_class`` of each class by id), with their preprocessed image."""
+    import csv
+
+    for arm in arms:
+        cohort = arm.folds[min(arm.folds)].get("cohort_folder")
+        if not cohort or not (Path(cohort) / "cohort.csv").is_file():
+            continue
+        with (Path(cohort) / "cohort.csv").open(newline="") as handle:
+            files = {r["image_id"]: Path(cohort) / r["file"] for r in csv.DictReader(handle)}
+        tested = sorted({(p.image_id, p.label) for p in arm.predictions})
+        chosen = [t for t in tested if t[1] == 0][:per_class] + [t for t in tested if t[1] == 1][:per_class]
+        return [(image_id, label, files[image_id]) for image_id, label in chosen if image_id in files]
+    return []
+
+
+def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, reference: str | None = None,
+                    num_folds: int = 5, partial: bool = False, n_boot: int = 2000, title: str | None = None,
+                    use_wandb: bool = True, console: Console | None = None) -> TableReport:
+    """Write ``table.md``/``table.csv`` and the figures of ``table`` from its runs under ``runs_dir``."""
+    console = console or Console(stderr=True)
+    arms = collect_runs(runs_dir)
+    problems = {name: check_complete(arm, num_folds) for name, arm in arms.items()}
+    incomplete = {name: p for name, p in problems.items() if p}
+    if incomplete and not partial:
+        listing = "\n".join(f"  - {p}" for ps in incomplete.values() for p in ps)
+        raise AggregationError(f"cannot build {table} from {runs_dir}:\n{listing}\n"
+                               "Rerun the sweep (finished jobs are skipped) or aggregate with --partial.")
+    complete = {name: arm for name, arm in arms.items() if name not in incomplete}
+    if not complete:
+        raise AggregationError(f"{runs_dir}: no arm of {table} has all {num_folds} folds")
+    sample_config = _run_config(next(iter(complete.values())))
+    curve_key = _lookup(sample_config, "experiment.curve")
+    ordered = _order(complete, table, curve_key)
+    reference = reference or _lookup(sample_config, "experiment.reference")
+    if reference and reference not in complete:
+        console.print(f"[yellow]reference arm {reference!r} is not complete: no paired differences[/yellow]")
+        reference = None
+    rows = build_rows(ordered, reference, table, n_boot=n_boot)
+    out_dir = Path(out_dir)
+    size = _lookup(sample_config, "size_name") or "?"
+    title = title or f"{table} ({size} size, {num_folds}-fold cross-validation)"
+    notes = [
+        "Figures in percent: mean ± sample std (ddof=1) over folds; pooled AUC over all out-of-fold predictions "
+        f"with a 95% percentile bootstrap interval resampling patients ({n_boot} resamples); Δ = paired "
+        f"difference to the reference arm ({reference or 'none'}) over folds with a 95% t interval.",
+        "L-para: trainable parameters of our runs; Mem: peak memory of the run (GPU allocated on CUDA, else the "
+        "process's peak RSS). 'paper' columns: the numbers reported in the paper for the same row.",
+    ]
+    if size == "tiny":
+        notes.append("Tiny size: randomly initialised, reduced models on CPU (see docs/arms.md and docs/model.md); "
+                     "they exercise the pipeline and are not comparable with the paper's numbers.")
+    if incomplete:
+        notes.append("Incomplete arms left out: " + "; ".join(p for ps in incomplete.values() for p in ps))
+    md_path, csv_path = write_table(rows, out_dir, title, notes)
+    report = TableReport(md_path, csv_path, incomplete=incomplete, cells=[row_cells(r) for r in rows])
+
+    summaries = [r.summary for r in rows]
+    report.figures.append(plot_roc(ordered, summaries, out_dir / "roc.png", f"{table}: pooled out-of-fold ROC"))
+    if curve_key:
+        xs = [float(_lookup(_run_config(a), curve_key)) for a in ordered]
+        report.figures.append(plot_metric_curve(xs, summaries, curve_key, out_dir / "curve.png",
+                                                f"{table}: metric against {curve_key}"))
+    features = {s.label: f for a, s in zip(ordered, summaries) if (f := _features(a)) is not None}
+    if features:
+        report.figures.append(plot_tsne(features, out_dir / "tsne.png", f"{table}: t-SNE of head-input features"))
+    films = _panel_films(ordered)
+    if films:
+        probs = {s.label: {p.image_id: p.prob for p in a.predictions} for a, s in zip(ordered, summaries)}
+        report.figures.append(plot_film_panel(films, probs, out_dir / "films.png",
+                                              f"{table}: P(pneumoconiosis) in % per arm"))
+    if use_wandb:
+        _log_to_wandb(table, report, sample_config)
+    return report
+
+
+def _log_to_wandb(table: str, report: TableReport, config: dict[str, Any]) -> None:
+    """One ``aggregate`` run per table holding the table and the figures (offline unless WANDB_MODE=online)."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    project = _lookup(config, "logger.wandb.project") or "pneumollm"
+    run = wandb.init(project=project, group=f"{table}/summary", job_type="aggregate", name=f"{table}-aggregate",
+                     dir=str(report.table_md.parent), mode=os.environ.get("WANDB_MODE", "offline"),
+                     reinit="finish_previous")
+    try:
+        run.log({"table": wandb.Table(columns=list(COLUMNS), data=report.cells)})
+        run.log({fig.stem: wandb.Image(str(fig)) for fig in report.figures})
+    finally:
+        run.finish()

@@ -1,0 +1,129 @@
+"""Paper-style tables: per arm, our cross-validated figures with uncertainty, beside the paper's numbers."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from pneumollm.analysis.collect import ArmRuns
+from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_difference
+from pneumollm.analysis.summary import METRICS, ArmSummary, summarise_arm
+from pneumollm.utils.io import atomic_write, atomic_write_text
+
+PAPER_METRICS = ("sensitivity", "specificity", "accuracy", "auc", "avg")
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of the paper's tables (numbers as reported; None where the paper gives none)."""
+
+    table: str
+    arm: str
+    paper_row: str
+    trainable_params_m: float | None
+    memory_gb: float | None
+    metrics: dict[str, float]
+
+
+def _number(text: str) -> float | None:
+    return float(text) if text.strip() else None
+
+
+def load_paper_results(path: str | Path | None = None) -> list[PaperRow]:
+    """The paper's reported numbers (our copy in ``analysis/data/paper_results.csv``)."""
+    source = Path(path) if path else resources.files("pneumollm.analysis") / "data" / "paper_results.csv"
+    with Path(str(source)).open(newline="", encoding="utf-8") as handle:
+        return [PaperRow(r["table"], r["arm"], r["paper_row"], _number(r["trainable_params_M"]),
+                         _number(r["memory_GB"]), {m: float(r[m]) for m in PAPER_METRICS})
+                for r in csv.DictReader(handle)]
+
+
+@dataclass
+class TableRow:
+    """Everything one arm contributes to a table."""
+
+    summary: ArmSummary
+    pooled_auc: Interval
+    delta_avg: Interval | None  # against the reference arm, over paired folds
+    delta_auc: Interval | None
+    paper: PaperRow | None
+
+
+def _paired(summary: ArmSummary, reference: ArmSummary, metric: str) -> Interval:
+    folds = sorted(set(summary.per_fold) & set(reference.per_fold))
+    ours = [summary.per_fold[f][metric] for f in folds]
+    return paired_difference(ours, [reference.per_fold[f][metric] for f in folds])
+
+
+def build_rows(arms: list[ArmRuns], reference: str | None, table: str, n_boot: int = 2000,
+               paper: list[PaperRow] | None = None) -> list[TableRow]:
+    """Summaries, bootstrap intervals and paired differences for complete arms, in the given order."""
+    summaries = {a.arm: summarise_arm(a) for a in arms}
+    paper_rows = {r.arm: r for r in (paper if paper is not None else load_paper_results()) if r.table == table}
+    ref = summaries.get(reference) if reference else None
+    rows = []
+    for arm in arms:
+        s = summaries[arm.arm]
+        preds = arm.predictions
+        pooled = bootstrap_auc_by_patient([p.label for p in preds], [p.prob for p in preds],
+                                          [p.patient_id for p in preds], n_boot=n_boot)
+        delta_avg = delta_auc = None
+        if ref is not None and arm.arm != ref.arm:
+            delta_avg, delta_auc = _paired(s, ref, "avg"), _paired(s, ref, "auc")
+        rows.append(TableRow(s, pooled, delta_avg, delta_auc, paper_rows.get(arm.arm)))
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _mean_std(s: ArmSummary, metric: str) -> str:
+    return f"{_fmt(s.mean[metric])} ± {_fmt(s.std[metric])}"
+
+
+def _memory(s: ArmSummary) -> str:
+    return f"{s.peak_memory_mb / 1024:.2f}" if s.peak_memory_mb else "–"
+
+
+COLUMNS = ("Arm", "L-para (M)", "Mem (GB)", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "pooled AUC [95% CI]",
+           "ΔAVG [95% CI]", "ΔAUC [95% CI]", "paper L-para (M)", "paper Mem (GB)", "paper Sens.", "paper Spec.",
+           "paper Acc.", "paper AUC", "paper AVG")
+
+
+def row_cells(row: TableRow) -> list[str]:
+    """The cells of one table row, in ``COLUMNS`` order."""
+    s, paper = row.summary, row.paper
+    cells = [s.label, f"{s.trainable_params / 1e6:.4g}", _memory(s)]
+    cells += [_mean_std(s, m) for m in METRICS]
+    cells += [row.pooled_auc.format(), row.delta_avg.format() if row.delta_avg else "ref",
+              row.delta_auc.format() if row.delta_auc else "ref"]
+    if paper is None:
+        cells += ["–"] * 7
+    else:
+        cells += [_fmt(paper.trainable_params_m, 4), _fmt(paper.memory_gb)]
+        cells += [_fmt(paper.metrics[m]) for m in PAPER_METRICS]
+    return cells
+
+
+def write_table(rows: list[TableRow], out_dir: str | Path, title: str, notes: list[str]) -> tuple[Path, Path]:
+    """Write ``table.md`` and ``table.csv`` (one row per arm, ``COLUMNS`` plus the arm id)."""
+    out_dir = Path(out_dir)
+    md_path, csv_path = out_dir / "table.md", out_dir / "table.csv"
+    body = [[*row_cells(r)] for r in rows]
+    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    atomic_write_text(md_path, "\n".join([*lines, "", *notes]) + "\n")
+
+    def writer(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            out = csv.writer(handle)
+            out.writerow(["arm", *COLUMNS])
+            out.writerows([r.summary.arm, *cells] for r, cells in zip(rows, body))
+
+    atomic_write(csv_path, writer)
+    return md_path, csv_path

@@ -1,0 +1,153 @@
+"""Parameter accounting of PneumoLLM configurations, built on the ``meta`` device (no memory, no download).
+
+``python -m pneumollm.models.param_count`` prints the trainable/total counts of the full-size model for
+every encoder and LLM choice (the table in docs/model.md). The paper's configuration
+(CLIP ViT-L/14 + LLaMA-7B, m = 4, adapter hidden 8, neck 128) has exactly 2,704,000 trainable parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra.utils
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pneumollm.models.pneumollm import PneumoLLM
+
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+GROUPS = ("encoder", "token_engine", "emitter", "llm", "head")
+DEFAULT_CHOICES = {"encoder": "tiny_clip", "token_engine": "cmte", "emitter": "emitter", "llm": "tiny_llama",
+                   "head": "mean_linear", "model": "pneumollm"}
+PAPER_CHOICES = {"encoder": "clip_vit_l14", "llm": "llama7b"}
+PAPER_TRAINABLE = 2_704_000
+
+
+def compose_model_config(choices: dict[str, str] | None = None, overrides: Sequence[str] = (),
+                         conf_dir: str | Path | None = None) -> DictConfig:
+    """A config with the top-level layout of ``conf/train.yaml``: one node per group plus ``model``.
+
+    ``choices`` picks a YAML per group (defaults: the tiny CPU model); ``overrides`` are dotlist
+    strings such as ``"token_engine.m=8"`` or ``"llm.adapter.kind=lora"``.
+    """
+    root_dir = Path(conf_dir) if conf_dir is not None else CONF_DIR
+    picked = {**DEFAULT_CHOICES, **(choices or {})}
+    nodes = {}
+    for group, choice in picked.items():
+        path = root_dir / group / f"{choice}.yaml"
+        if not path.is_file():
+            options = sorted(p.stem for p in (root_dir / group).glob("*.yaml"))
+            raise FileNotFoundError(f"no config {path} for {group}={choice}; available: {options}")
+        nodes[group] = OmegaConf.load(path)
+    cfg = OmegaConf.create(nodes)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    return cfg
+
+
+def offline_architecture_overrides(cfg: DictConfig) -> list[str]:
+    """Overrides that build every pretrained backbone of ``cfg`` as its random, full-size architecture."""
+    out = []
+    for group in ("encoder", "llm"):
+        node = cfg[group]
+        if "pretrained" in node:
+            out.append(f"{group}.pretrained=false")
+        if "frozen_dtype" in node:
+            out.append(f"{group}.frozen_dtype=float32")
+    return out
+
+
+def build_model(cfg: DictConfig, device: str | torch.device = "cpu") -> PneumoLLM:
+    """Instantiate ``cfg.model`` (recursively, as the training app does) with tensors created on ``device``."""
+    with torch.device(device):
+        return hydra.utils.instantiate(cfg.model)
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Trainable and total parameters of a built model, and the unused checkpoint weights it dropped."""
+
+    trainable: int
+    total: int
+    excluded: int
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> ParameterCounts:
+        excluded = sum(getattr(m, "excluded_parameter_count", 0) for m in model.modules())
+        return cls(trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                   total=sum(p.numel() for p in model.parameters()), excluded=excluded)
+
+
+def trainable_breakdown(model: PneumoLLM) -> dict[str, int]:
+    """Trainable parameters per part (encoder, token_engine, neck, llm, head)."""
+    parts = ("encoder", "token_engine", "neck", "llm", "head")
+    return {name: sum(p.numel() for p in getattr(model, name).parameters() if p.requires_grad) for name in parts}
+
+
+def full_size_counts(choices: dict[str, str], overrides: Sequence[str] = (),
+                     conf_dir: str | Path | None = None) -> tuple[ParameterCounts, dict[str, int]]:
+    """Counts of a configuration built full size on the meta device (pretrained backbones as architectures)."""
+    cfg = compose_model_config(choices, conf_dir=conf_dir)
+    cfg = compose_model_config(choices, [*offline_architecture_overrides(cfg), *overrides], conf_dir)
+    model = build_model(cfg, device="meta")
+    return ParameterCounts.of(model), trainable_breakdown(model)
+
+
+TABLE_ROWS: list[tuple[str, dict[str, str], tuple[str, ...]]] = [
+    ("paper: CLIP ViT-L/14 + LLaMA-7B, CMTE m=4, emitter", {"encoder": "clip_vit_l14", "llm": "llama7b"}, ()),
+    ("CLIP ViT-L/14 + LLaMA-7B, LoRA r=8 on q/k/v instead of RepAdapter",
+     {"encoder": "clip_vit_l14", "llm": "llama7b"}, ("llm.adapter.kind=lora",)),
+    ("CLIP ViT-L/14 + LLaMA-7B, CoOp m=4", {"encoder": "clip_vit_l14", "llm": "llama7b", "token_engine": "coop"}, ()),
+    ("CLIP ViT-L/14 + LLaMA-7B, CoCoOp m=4",
+     {"encoder": "clip_vit_l14", "llm": "llama7b", "token_engine": "cocoop"}, ()),
+    ("CLIP ViT-L/14 + LLaMA-7B, no token engine",
+     {"encoder": "clip_vit_l14", "llm": "llama7b", "token_engine": "none"}, ()),
+    ("CLIP ViT-L/14 + LLaMA-7B, no adapters (Table 6 baseline, no engine)",
+     {"encoder": "clip_vit_l14", "llm": "llama7b", "token_engine": "none"},
+     ("encoder.adapter.enabled=false", "llm.adapter.kind=none")),
+    ("CLIP ViT-L/14, no LLM (hidden 512)", {"encoder": "clip_vit_l14", "llm": "none"}, ()),
+    ("CLIP ViT-L/14, no LLM, no token engine", {"encoder": "clip_vit_l14", "llm": "none", "token_engine": "none"}, ()),
+    ("ViT-B/16 in21k + LLaMA-7B", {"encoder": "vit_b16_in21k", "llm": "llama7b"}, ()),
+    ("ViT-B/16 in21k, no LLM", {"encoder": "vit_b16_in21k", "llm": "none"}, ()),
+    ("ViT-L/16 in21k + LLaMA-7B", {"encoder": "vit_l16_in21k", "llm": "llama7b"}, ()),
+    ("ViT-L/16 in21k, no LLM", {"encoder": "vit_l16_in21k", "llm": "none"}, ()),
+    ("14x14 conv stem (trainable) + LLaMA-7B", {"encoder": "conv_stem", "llm": "llama7b"}, ()),
+    ("14x14 conv stem (trainable), no LLM", {"encoder": "conv_stem", "llm": "none"}, ()),
+    ("tiny CLIP + tiny Llama (CPU demo)", {"encoder": "tiny_clip", "llm": "tiny_llama"}, ()),
+]
+
+
+def markdown_table(conf_dir: str | Path | None = None) -> str:
+    """The trainable/total table of every row of ``TABLE_ROWS`` as Markdown."""
+    lines = ["| configuration | trainable | total (in the model) | unused embeddings dropped |",
+             "|---|---:|---:|---:|"]
+    for label, choices, overrides in TABLE_ROWS:
+        counts, _ = full_size_counts(choices, overrides, conf_dir)
+        lines.append(f"| {label} | {counts.trainable:,} | {counts.total:,} | {counts.excluded:,} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: print the table, or the counts and breakdown of one configuration."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("overrides", nargs="*", help="group choices and dotlist overrides, e.g. "
+                        "encoder=clip_vit_l14 llm=llama7b token_engine.m=8; none: the full table")
+    parser.add_argument("--conf-dir", default=None, help=f"config folder (default {CONF_DIR})")
+    args = parser.parse_args(argv)
+    if not args.overrides:
+        print(markdown_table(args.conf_dir))
+        return
+    choices = {k: v for k, _, v in (o.partition("=") for o in args.overrides) if k in (*GROUPS, "model")}
+    dotlist = [o for o in args.overrides if o.partition("=")[0] not in choices]
+    counts, parts = full_size_counts({**PAPER_CHOICES, **choices}, dotlist, args.conf_dir)
+    for name, n in parts.items():
+        print(f"{name:>14}: {n:>14,} trainable")
+    print(f"{'trainable':>14}: {counts.trainable:>14,}")
+    print(f"{'total':>14}: {counts.total:>14,} (+{counts.excluded:,} unused token-embedding weights dropped)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""PneumoLLM: frozen vision encoder -> token engine -> neck -> frozen LLM trunk (emitter mask) -> head."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pneumollm.models.base import ImageClassifier
+from pneumollm.models.components.emitter import InformationEmitter
+from pneumollm.models.components.encoders import VisionEncoder
+from pneumollm.models.components.head import MeanLinearHead
+from pneumollm.models.components.llm import LanguageTrunk
+from pneumollm.models.components.neck import Neck
+from pneumollm.models.components.token_engines import NoTokens, TokenEngine
+
+TokenEngineFactory = Callable[..., TokenEngine]
+HeadFactory = Callable[..., nn.Module]
+
+
+class PneumoLLM(ImageClassifier):
+    """The paper's model, assembled from interchangeable parts.
+
+    ``encoder`` and ``llm`` are built modules; ``token_engine`` and ``head`` may be factories
+    (Hydra ``_partial_: true``) that this class calls with the sizes it wires itself:
+    token engine width = encoder width, neck = encoder width -> ``neck_dim`` -> trunk width,
+    head input = trunk width. Only adapters, token engine, neck and head require gradients
+    (plus anything an encoder declares trainable, e.g. the conv stem).
+    """
+
+    def __init__(
+        self,
+        encoder: VisionEncoder,
+        llm: LanguageTrunk,
+        token_engine: TokenEngine | TokenEngineFactory | None = None,
+        emitter: InformationEmitter | None = None,
+        head: nn.Module | HeadFactory | None = None,
+        neck_dim: int = 128,
+        num_classes: int = 2,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.encoder = encoder
+        self.token_engine = _build(token_engine, TokenEngine, NoTokens, width=encoder.width)
+        if self.token_engine.width != encoder.width:
+            raise ValueError(f"token engine width {self.token_engine.width} != encoder width {encoder.width}")
+        self.neck = Neck(encoder.width, llm.hidden_size, hidden=neck_dim)
+        self.llm = llm
+        self.emitter = emitter if emitter is not None else InformationEmitter("emitter")
+        self.head = _build(head, nn.Module, MeanLinearHead, in_features=llm.hidden_size, num_classes=num_classes)
+
+    @property
+    def num_source_tokens(self) -> int:
+        return self.encoder.num_tokens
+
+    @property
+    def num_diagnosis_tokens(self) -> int:
+        return self.token_engine.num_tokens
+
+    def trunk_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The neck's output Y [B, d+m, trunk width]: source tokens, then diagnosis tokens."""
+        source = self.encoder(images)
+        tokens = torch.cat([source, self.token_engine(source)], dim=1)
+        return self.neck(tokens)
+
+    def trunk_output(self, trunk_input: torch.Tensor) -> torch.Tensor:
+        """Run the trunk with the emitter's mask on Y [B, d+m, width] -> Z [B, d+m, width]."""
+        mask = None
+        if self.llm.uses_mask:
+            mask = self.emitter(self.num_source_tokens, trunk_input.shape[1] - self.num_source_tokens,
+                                dtype=self.llm.mask_dtype(trunk_input.device), device=trunk_input.device)
+        return self.llm(trunk_input, mask)
+
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head.pool(self.trunk_output(self.trunk_input(images)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk_output(self.trunk_input(images)))
+
+    def fold_adapters(self) -> int:
+        """Merge every adapter into the frozen weights for inference (eval-mode function unchanged)."""
+        return self.encoder.fold_adapters() + self.llm.fold_adapters()
+
+
+def _build(part: Any, kind: type, default: Callable[..., Any], **sizes: Any) -> Any:
+    if part is None:
+        part = default
+    if isinstance(part, kind) and isinstance(part, nn.Module):
+        return part
+    if callable(part):
+        return part(**sizes)
+    raise TypeError(f"expected a {kind.__name__} or a factory for one, got {type(part).__name__}")

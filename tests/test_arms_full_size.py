@@ -1,0 +1,43 @@
+"""Slow: every arm's full size (random weights) runs one training step on two films on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from transformers import CLIPModel
+
+from pneumollm.models.arm_param_count import CLIP_ARMS, PAPER_ROWS
+from pneumollm.models.tiny_text import build_tiny_clip_tokenizer, clip_vit_l14_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def random_clip_l14() -> CLIPModel:
+    torch.manual_seed(0)
+    return CLIPModel(clip_vit_l14_config()).eval()
+
+
+@pytest.mark.parametrize("arm", list(PAPER_ROWS))
+def test_full_size_arm_takes_a_training_step(arm: str, request: pytest.FixtureRequest) -> None:
+    full = OmegaConf.load(CONFIG_DIR / f"{arm}.yaml").full
+    extra = {}
+    if arm in CLIP_ARMS:  # random ViT-L/14 weights; the tiny tokenizer's ids are valid in CLIP's vocabulary
+        full = OmegaConf.masked_copy(full, [k for k in full if k not in ("clip", "tokenizer")])
+        extra = {"clip": request.getfixturevalue("random_clip_l14"), "tokenizer": build_tiny_clip_tokenizer()}
+    torch.manual_seed(0)
+    model = instantiate(full, _convert_="object", **extra)
+    images = torch.rand(2, 1, 224, 224)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    logits = model(images)
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+    if params:
+        F.binary_cross_entropy_with_logits(logits, torch.eye(2)).backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)

@@ -1,0 +1,65 @@
+"""The table statistics against hand-computed values on fixed toy inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumollm.analysis.report import aggregate_table
+from pneumollm.analysis.stats import bootstrap_auc_by_patient, paired_difference
+from tests.test_aggregate import _fake_run
+
+
+def test_paired_difference_is_the_mean_fold_difference_with_a_t_interval() -> None:
+    # differences 10, 5, 10: mean 8.333, sample sd 2.8868, t(0.975, 2 df) = 4.302653
+    interval = paired_difference([70, 80, 90], [60, 75, 80])
+    half = 4.302653 * 2.886751 / np.sqrt(3)
+    assert interval.estimate == pytest.approx(25 / 3)
+    assert interval.low == pytest.approx(25 / 3 - half, abs=1e-4)
+    assert interval.high == pytest.approx(25 / 3 + half, abs=1e-4)
+
+
+def test_identical_arms_differ_by_exactly_zero() -> None:
+    interval = paired_difference([70, 80, 90], [70, 80, 90])
+    assert (interval.estimate, interval.low, interval.high) == (0.0, 0.0, 0.0)
+
+
+def test_bootstrap_of_a_perfect_ranking_stays_at_100() -> None:
+    labels = [0, 0, 1, 1, 0, 1]
+    probs = [0.1, 0.2, 0.8, 0.9, 0.3, 0.7]
+    interval = bootstrap_auc_by_patient(labels, probs, ["a", "b", "c", "d", "e", "f"], n_boot=200)
+    assert (interval.estimate, interval.low, interval.high) == (100.0, 100.0, 100.0)
+
+
+def test_bootstrap_resamples_patients_not_films() -> None:
+    # patient p1 has two films ranked wrongly, the others are ranked right: a resample either keeps both of
+    # p1's films or neither, so every resampled AUC comes from whole patients.
+    labels = [1, 1, 0, 0, 1, 0]
+    probs = [0.2, 0.25, 0.3, 0.1, 0.9, 0.05]
+    patients = ["p1", "p1", "p2", "p3", "p4", "p5"]
+    interval = bootstrap_auc_by_patient(labels, probs, patients, n_boot=500, seed=1)
+    assert interval.estimate == pytest.approx(100 * 7 / 9)  # 7 of 9 positive/negative pairs ordered right
+    assert interval.low < interval.estimate < interval.high <= 100.0
+    again = bootstrap_auc_by_patient(labels, probs, patients, n_boot=500, seed=1)
+    assert again == interval  # seeded
+
+
+def test_table_rows_carry_our_numbers_the_papers_and_paired_differences(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for arm, offset in (("baseline", 0.0), ("pneumollm", 5.0)):
+        for fold in range(3):
+            _fake_run(runs, arm, fold, [(f"{arm}{fold}a", f"P{fold}a", 1, 0.9), (f"{arm}{fold}b", f"P{fold}b", 0, 0.2)])
+            path = runs / arm / f"fold{fold}" / "metrics.json"
+            metrics = json.loads(path.read_text())
+            metrics.update({k: v + offset for k, v in metrics.items() if k.startswith("test/")})
+            path.write_text(json.dumps(metrics))
+    report = aggregate_table(runs, tmp_path, "table6", reference="baseline", num_folds=3, n_boot=100,
+                             use_wandb=False)
+    rows = {cells[0]: cells for cells in report.cells}
+    assert rows["pneumollm"][9] == "5.00 [5.00, 5.00]"  # ΔAVG: +5 in every fold
+    assert rows["pneumollm"][17] == "75.76"  # the paper's AVG for +Adapter+CMTE+Emitter
+    assert rows["baseline"][9] == "ref"
+    assert (tmp_path / "roc.png").is_file() and (tmp_path / "table.csv").is_file()

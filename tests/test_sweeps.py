@@ -1,0 +1,114 @@
+"""The sweep files of experiments/: every arm composes and builds, every sweep runs end to end for one step
+per job on a two-fold toy cohort, and an interrupted sweep resumes without redoing finished jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+from pneumollm.config import register_resolvers
+from pneumollm.paths import REPO_ROOT, conf_dir, experiments_dir
+from tests.helpers import make_toy_manifest
+
+SWEEPS = sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+
+
+def _sweep_params(name: str) -> dict[str, str]:
+    return yaml.safe_load((experiments_dir() / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
+
+
+def _arms(name: str) -> list[str]:
+    return _sweep_params(name).get("arm", "").split(",") if "arm" in _sweep_params(name) else [""]
+
+
+def test_every_table_and_figure_has_a_sweep_file() -> None:
+    assert set(SWEEPS) >= {"table2", "table3", "table4", "table5", "table6", "fig6a", "fig6b", "demo"}
+
+
+@pytest.mark.parametrize(("sweep", "arm"), [(s, a) for s in SWEEPS for a in _arms(s)])
+def test_every_arm_of_every_sweep_composes_and_builds(sweep: str, arm: str) -> None:
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    overrides = [f"hydra.searchpath=[file://{conf_dir()}]"] + ([f"arm={arm}"] if arm else [])
+    with initialize_config_dir(version_base="1.3", config_dir=str(experiments_dir())):
+        cfg = compose(sweep, overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.experiment.name == sweep
+    if arm:
+        assert cfg.experiment.arm == arm and cfg.experiment.label
+    assert "data.fold" in cfg.hydra.sweeper.params
+    net = instantiate(cfg.model, _convert_="object")  # the tiny size: small random models
+    assert sum(p.numel() for p in net.parameters()) > 0
+
+
+def _toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_toy_manifest(tmp_path_factory.mktemp("toy"), n_patients=8, size=40)
+
+
+@pytest.fixture(scope="module")
+def toy_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _toy(tmp_path_factory)
+
+
+def _run_sweep(sweep: str, root: Path, manifest: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "pneumollm.cli.train", "--config-dir", str(experiments_dir()), "--config-name", sweep,
+        "-m", "data=manifest", f"data.source.manifest={manifest}", "lungs=none", "data.num_folds=2",
+        "data.fold=0,1", "data.val_fraction=0.25", "data.progress=false", "data.preprocess_workers=1",
+        "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "logger=none", "callbacks.progress=null",
+        f"paths.root_dir={root}", *extra,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _metrics(root: Path) -> dict[Path, dict]:
+    return {p: json.loads(p.read_text()) for p in sorted(root.rglob("metrics.json"))}
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_runs_one_step_per_job_on_a_two_fold_toy_cohort(sweep: str, toy_manifest: Path,
+                                                                     tmp_path: Path) -> None:
+    extra = ["token_engine.m=1,2"] if sweep == "fig6b" else []  # two of the eight m values keep it quick
+    result = _run_sweep(sweep, tmp_path, toy_manifest, *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _metrics(tmp_path)
+    expected = len(_arms(sweep)) * 2 if sweep != "fig6b" else 4
+    assert len(metrics) == expected, (sorted(map(str, metrics)), result.stderr[-3000:])
+    assert not list(tmp_path.rglob("failed.json"))
+    for m in metrics.values():
+        assert m["experiment"] == sweep and m["fold"] in (0, 1)
+        assert 0.0 <= m["test/auc"] <= 100.0
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(toy_manifest: Path, tmp_path: Path) -> None:
+    first = _run_sweep("table4", tmp_path, toy_manifest)
+    assert first.returncode == 0, first.stderr[-3000:]
+    done = _metrics(tmp_path)
+    victim = next(iter(done))
+    victim.unlink()  # as if the sweep had been stopped before this job finished
+    stamps = {p: p.stat().st_mtime_ns for p in done if p != victim}
+    second = _run_sweep("table4", tmp_path, toy_manifest)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert victim.is_file()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert second.stderr.count("skip") + second.stdout.count("skip") >= len(stamps)
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(toy_manifest: Path, tmp_path: Path) -> None:
+    # fold 1 of a 2-fold split exists, fold 7 does not: that job fails, the others finish
+    result = _run_sweep("table4", tmp_path, toy_manifest, "data.fold=0,7")
+    assert result.returncode == 0, result.stderr[-3000:]
+    failed = list(tmp_path.rglob("failed.json"))
+    assert len(failed) == 2 and all("fold7" in str(p) for p in failed)
+    assert "outside 0..1" in json.loads(failed[0].read_text())["error"]
+    assert len(_metrics(tmp_path)) == 2
