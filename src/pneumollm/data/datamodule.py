@@ -145,6 +145,8 @@ class CohortDataModule(L.LightningDataModule):
         return self.prepared_dir / self.settings.tag()
 
     def prepare_data(self) -> None:
+        if self.cohort is not None:  # already prepared by this instance (the fold runner calls it before fit)
+            return
         console = Console(stderr=True)
         listing = list_cohort(self.source, label_map=self.label_map, progress=self.progress)
         self.cohort = prepare_cohort(

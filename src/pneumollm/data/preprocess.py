@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,22 @@ from pneumollm.data.lungs.crop import crop_to_lungs
 from pneumollm.utils.io import atomic_write, atomic_write_bytes, atomic_write_json, sha256_file, sha256_json
 from pneumollm.utils.progress import progress_bar
 
-# Bump when the stage's output changes for the same settings, so old caches are not reused.
+# Bump when the stage's output format changes; code changes are caught by ``code_fingerprint``.
 PIPELINE_VERSION = 1
+# The modules whose code decides a preprocessed film: a change to any of them starts a fresh cache.
+_STAGE_MODULES = ("dicom.py", "films.py", "preprocess.py", "lungs")
 THUMBNAIL_SIZE = 256
 COHORT_FILE = "cohort.csv"
 REPORT_FILE = "preprocess_report.csv"
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the source of the decoding, crop and resize code, so a code change never reuses stale films."""
+    here = Path(__file__).parent
+    files = sorted(f for name in _STAGE_MODULES for f in ([here / name] if name.endswith(".py")
+                                                           else (here / name).glob("*.py")))
+    return sha256_json({f.relative_to(here).as_posix(): sha256_file(f) for f in files})[:16]
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,7 @@ class PreprocessSettings:
         return str(self.lungs.get("name") or self.lungs.get("_target_", "custom").rsplit(".", 1)[-1]).lower()
 
     def fingerprint(self) -> str:
-        return sha256_json({"version": PIPELINE_VERSION, **asdict(self)})
+        return sha256_json({"version": PIPELINE_VERSION, "code": code_fingerprint(), **asdict(self)})
 
     def tag(self) -> str:
         """Folder name of this setting's cache and cohort index, readable and unique."""

@@ -32,7 +32,10 @@ def list_cohort(source: Mapping[str, Any], label_map: Mapping[str, int] | None =
         out_dir = Path(_require(source, "dir"))
         labels = generate_demo_cohort(
             out_dir, n_patients=int(source.get("n_patients", 80)), seed=int(source.get("seed", 0)),
-            image_size=int(source.get("image_size", 512)), progress=progress,
+            image_size=int(source.get("image_size", 512)),
+            positive_fraction=float(source.get("positive_fraction", 0.63)),
+            include_faulty=bool(source.get("include_faulty", True)),
+            signal_strength=float(source.get("signal_strength", 1.0)), progress=progress,
         )
         return read_dicom_folder(Path(labels).parent / "dicom", labels, label_map=label_map)
     raise CohortError(f"unknown data.source.kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")

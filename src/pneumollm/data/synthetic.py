@@ -26,7 +26,7 @@ from scipy import ndimage
 POSITIVE_LABEL = "pneumoconiosis"
 NEGATIVE_LABEL = "normal"
 STAMP_NAME = ".demo_cohort_complete.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -311,7 +311,7 @@ def _sample_in_lungs(
     return cand[picked]
 
 
-def _make_anatomy(seed: int, patient: Patient) -> Anatomy:
+def _make_anatomy(seed: int, patient: Patient, signal_strength: float = 1.0) -> Anatomy:
     rng = _rng(seed, 3, patient.index)
     body_width = rng.uniform(0.39, 0.44) * (0.97 if patient.sex == "F" else 1.0)
     right, left = _random_lung(rng, True, body_width), _random_lung(rng, False, body_width)
@@ -336,19 +336,25 @@ def _make_anatomy(seed: int, patient: Patient) -> Anatomy:
     dot_rows = np.column_stack([dots, rng.uniform(1.5, 3.0, len(dots)), rng.uniform(0.04, 0.09, len(dots))])
     opacity_rows = np.zeros((0, 4))
     if patient.positive:
-        opacity_rows = _make_opacities(rng, anatomy, patient.category)
+        opacity_rows = _make_opacities(rng, anatomy, patient.category, signal_strength)
     return replace(anatomy, dots=dot_rows, opacities=opacity_rows)
 
 
-def _make_opacities(rng: np.random.Generator, anatomy: Anatomy, category: int) -> np.ndarray:
-    """Small rounded opacities (ILO p/q/r), upper zones first; a conglomerate mass in some category 3."""
+def _make_opacities(rng: np.random.Generator, anatomy: Anatomy, category: int,
+                    signal_strength: float = 1.0) -> np.ndarray:
+    """Small rounded opacities (ILO p/q/r), upper zones first; a conglomerate mass in some category 3.
+
+    ``signal_strength`` scales the opacities' contrast, and their radius by its square root up to the largest
+    "r" size (1 = the default subtlety; larger values make the disease conspicuous enough for small randomly
+    initialised models)."""
     count = int(rng.integers(*{1: (30, 70), 2: (90, 190), 3: (220, 450)}[category]))
     zones = {1: (1.0, 0.3, 0.06), 2: (1.0, 0.65, 0.2), 3: (1.0, 0.9, 0.5)}[category]
     kind = rng.choice(["p", "q", "r"], p=[0.25, 0.45, 0.3])
     low, high = {"p": (1.5, 2.5), "q": (2.5, 4.5), "r": (4.5, 9.0)}[kind]  # diameters in mm
     points = _sample_in_lungs(rng, anatomy, count, zones)
-    radius = rng.uniform(low, high, len(points)) / 2
-    contrast = rng.uniform(0.035, 0.07, len(points)) * (1.0 + 0.15 * (category - 1))
+    # signal_strength > 1 enlarges the small opacities up to the largest "r" size and raises their contrast
+    radius = np.minimum(rng.uniform(low, high, len(points)) / 2 * math.sqrt(signal_strength), 4.5)
+    contrast = rng.uniform(0.035, 0.07, len(points)) * (1.0 + 0.15 * (category - 1)) * signal_strength
     rows = [np.column_stack([points, radius, contrast])]
     if category == 3 and rng.random() < 0.35:  # progressive massive fibrosis: a lumpy upper-zone mass
         for centre in _sample_in_lungs(rng, anatomy, int(rng.integers(1, 3)), (1.0, 0.15, 0.0)):
@@ -731,6 +737,7 @@ def generate_demo_cohort(
     positive_fraction: float = 0.63,
     include_faulty: bool = True,
     progress: bool = True,
+    signal_strength: float = 1.0,
 ) -> Path:
     """Write the synthetic demo cohort and return the path of its ``labels.csv``.
 
@@ -755,6 +762,8 @@ def generate_demo_cohort(
         "positive_fraction": positive_fraction,
         "include_faulty": include_faulty,
     }
+    if signal_strength != 1.0:  # kept out of the stamp at the default, so existing cohorts stay valid
+        arguments["signal_strength"] = signal_strength
     stamp_text = json.dumps(arguments, indent=2, sort_keys=True) + "\n"
     if stamp.is_file() and labels_csv.is_file() and stamp.read_text() == stamp_text:
         return labels_csv
@@ -771,7 +780,7 @@ def generate_demo_cohort(
     for film in track(films, description="Synthetic demo cohort", disable=not progress):
         index = film.patient.index
         if index not in anatomies:
-            anatomies = {index: _make_anatomy(seed, film.patient)}
+            anatomies = {index: _make_anatomy(seed, film.patient, signal_strength)}
         attenuation, lungs = _render_film(film, anatomies[index], image_size, seed)
         stored = _detector_values(film, attenuation)
         _atomic_write(out_dir / film.relpath, _encode(film, seed, stored, lungs))

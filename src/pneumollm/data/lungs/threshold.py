@@ -17,6 +17,11 @@ Steps, on a copy of the film shrunk to ``working_size`` pixels (long side):
    side edges); the outline then follows the rib cage, heart and diaphragm edges;
 5. clean-up: fill holes, keep the two lungs, bring the mask back to the film's size.
 
+When the result is not a plausible pair of lungs (crop step's checks), the search runs once more with
+bright structures smaller than ``bright_blob_radius`` removed by a grey-level opening first: profuse
+nodular opacities fill diseased lungs with bright islands that break them apart. Films where the first
+pass works are left exactly as they were (the opening costs a little accuracy on ordinary films).
+
 Sizes are fractions of the working image's width, so results do not depend on the film's resolution.
 """
 
@@ -36,6 +41,7 @@ from pneumollm.data.lungs.components import (
     open_disk,
     resize_mask,
 )
+from pneumollm.data.lungs.crop import implausibility
 
 BACKGROUND_EDGES = ("top", "sides", "bottom")
 
@@ -84,6 +90,7 @@ class ThresholdSegmenter:
         max_border_contact: float = 0.35,
         min_seed_area: float = 0.005,
         background_edges: Sequence[str] = ("top", "sides"),
+        bright_blob_radius: float = 0.02,
     ) -> None:
         if working_size < 64:
             raise ValueError(f"lungs.working_size must be at least 64 pixels, got {working_size}")
@@ -108,6 +115,7 @@ class ThresholdSegmenter:
         self.max_border_contact = max_border_contact
         self.min_seed_area = min_seed_area
         self.background_edges = tuple(background_edges)
+        self.bright_blob_radius = bright_blob_radius
         self.last_failure = ""
 
     @staticmethod
@@ -231,9 +239,19 @@ class ThresholdSegmenter:
             band[-1, :] = True
         return band
 
-    def segment_small(self, film: np.ndarray) -> np.ndarray | None:
+    def suppress_bright_blobs(self, image: np.ndarray) -> np.ndarray:
+        """Grey-level opening with a disk: bright spots smaller than it (nodules) take their surroundings' level."""
+        if self.bright_blob_radius <= 0:
+            return image
+        radius = self._radius(self.bright_blob_radius, image.shape[1])
+        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+        return ndimage.grey_opening(image, footprint=(yy**2 + xx**2) <= radius**2)
+
+    def segment_small(self, film: np.ndarray, suppress_blobs: bool = False) -> np.ndarray | None:
         """The lung mask at working size, or None (with ``last_failure`` set)."""
         plain, equalised = normalise_contrast(film, self.working_size, self.clahe_clip)
+        if suppress_blobs:
+            equalised = self.suppress_bright_blobs(equalised)  # for finding the lungs; outlines follow the film
         width = plain.shape[1]
         labels, chosen, radius = self.find_seeds(self.dark_regions(equalised))
         if len(chosen) < 2 and self.air_level > 0:
@@ -268,6 +286,10 @@ class ThresholdSegmenter:
             self.last_failure = "threshold: the film is uniform (no contrast)"
             return None
         small = self.segment_small(image)
+        if (small is None or implausibility(small)) and self.bright_blob_radius > 0:
+            retry = self.segment_small(image, suppress_blobs=True)
+            if retry is not None and (small is None or not implausibility(retry)):
+                small = retry
         if small is None:
             return None
         self.last_failure = ""

@@ -22,9 +22,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from pneumollm.models.components.adapters import AdapterSite
-from pneumollm.models.components.frozen import freeze, resolve_dtype, seeded
+from pneumollm.models.components.frozen import freeze, resolve_dtype
 from pneumollm.models.components.llm import LLAMA_ARCHITECTURES
-from pneumollm.models.components.pretrained import load_pretrained
+from pneumollm.models.components.pretrained import load_or_build, load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +51,10 @@ def build_causal_lm(
     initialised from ``init_seed``, changed by ``config_overrides``.
     """
     dtype = resolve_dtype(frozen_dtype)
-    if pretrained:
-        if config_overrides:
-            raise ValueError("config_overrides only apply to pretrained: false builds")
-        if name_or_path is None:
-            raise ValueError("pretrained: true needs name_or_path (a hub id or a local folder)")
-        model = load_pretrained(AutoModelForCausalLM, name_or_path, dtype=dtype,
-                                attn_implementation=attn_implementation)
-    else:
-        if architecture not in LLAMA_ARCHITECTURES:
-            raise ValueError(f"unknown Llama architecture {architecture!r}; "
-                             f"choose one of {sorted(LLAMA_ARCHITECTURES)}")
-        config = LlamaConfig(**{**LLAMA_ARCHITECTURES[architecture], **dict(config_overrides or {})})
-        with seeded(init_seed):
-            model = LlamaForCausalLM._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    model = load_or_build(LlamaForCausalLM, LlamaConfig, LLAMA_ARCHITECTURES, pretrained=pretrained,
+                          name_or_path=name_or_path, architecture=architecture, config_overrides=config_overrides,
+                          dtype=dtype, attn_implementation=attn_implementation, init_seed=init_seed,
+                          loader=AutoModelForCausalLM)
     _check_causal_lm(model, str(name_or_path if pretrained else architecture))
     return freeze(model)
 

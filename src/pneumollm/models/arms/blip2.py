@@ -28,8 +28,8 @@ from pneumollm.models.arms.answer_llm import (
 )
 from pneumollm.models.base import ImageClassifier, InputNormalizer
 from pneumollm.models.components.encoders import CLIP_ARCHITECTURES
-from pneumollm.models.components.frozen import freeze, resolve_dtype, seeded
-from pneumollm.models.components.pretrained import load_pretrained
+from pneumollm.models.components.frozen import freeze, resolve_dtype
+from pneumollm.models.components.pretrained import load_or_build
 
 BLIP2_TEMPLATE = "{image}{bos}Question: {question} Answer:"
 # BERT-base, as BLIP-2's Q-Former (transformers' Blip2QFormerConfig defaults); encoder_hidden_size follows the
@@ -66,19 +66,10 @@ class FrozenClipFeatures(nn.Module):
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(frozen_dtype)
-        if pretrained:
-            if config_overrides:
-                raise ValueError("config_overrides only apply to pretrained: false builds")
-            if name_or_path is None:
-                raise ValueError("pretrained: true needs name_or_path (a hub id or a local folder)")
-            model = load_pretrained(CLIPVisionModel, name_or_path, dtype=dtype, attn_implementation=attn_implementation)
-        else:
-            if architecture not in CLIP_ARCHITECTURES:
-                raise ValueError(f"unknown CLIP architecture {architecture!r}; "
-                                 f"choose one of {sorted(CLIP_ARCHITECTURES)}")
-            config = CLIPVisionConfig(**{**CLIP_ARCHITECTURES[architecture], **dict(config_overrides or {})})
-            with seeded(init_seed):
-                model = CLIPVisionModel._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        model = load_or_build(CLIPVisionModel, CLIPVisionConfig, CLIP_ARCHITECTURES, pretrained=pretrained,
+                              name_or_path=name_or_path, architecture=architecture,
+                              config_overrides=config_overrides, dtype=dtype,
+                              attn_implementation=attn_implementation, init_seed=init_seed)
         tower = getattr(model, "vision_model", model)  # transformers 4.x nests the tower, 5.x does not
         num_blocks = len(tower.encoder.layers)
         kept = feature_layer if feature_layer >= 0 else num_blocks + 1 + feature_layer

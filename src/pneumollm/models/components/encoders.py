@@ -23,7 +23,7 @@ from pneumollm.models.components.adapters import (
     fold_repadapters,
 )
 from pneumollm.models.components.frozen import freeze, resolve_dtype, seeded
-from pneumollm.models.components.pretrained import load_pretrained
+from pneumollm.models.components.pretrained import load_or_build, load_pretrained
 from pneumollm.models.tiny import TINY_CLIP_VISION
 
 # CLIP ViT-L/14 vision tower at 224 px (openai/clip-vit-large-patch14), for builds without weights.
@@ -88,19 +88,10 @@ class ClipVisionEncoder(VisionEncoder):
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(frozen_dtype)
-        if pretrained:
-            if config_overrides:
-                raise ValueError("config_overrides only apply to pretrained: false builds")
-            model = load_pretrained(CLIPVisionModel, name_or_path, dtype=dtype,
-                                    attn_implementation=attn_implementation)
-        else:
-            if architecture not in CLIP_ARCHITECTURES:
-                raise ValueError(f"unknown CLIP architecture {architecture!r}; "
-                                 f"choose one of {sorted(CLIP_ARCHITECTURES)}")
-            config = CLIPVisionConfig(**{**CLIP_ARCHITECTURES[architecture], **dict(config_overrides or {})})
-            with seeded(init_seed):
-                model = CLIPVisionModel._from_config(config, dtype=dtype,
-                                                     attn_implementation=attn_implementation)
+        model = load_or_build(CLIPVisionModel, CLIPVisionConfig, CLIP_ARCHITECTURES, pretrained=pretrained,
+                              name_or_path=name_or_path, architecture=architecture,
+                              config_overrides=config_overrides, dtype=dtype,
+                              attn_implementation=attn_implementation, init_seed=init_seed)
         self.model = freeze(model)
         config = model.config
         self.width = config.hidden_size

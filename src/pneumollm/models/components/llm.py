@@ -17,8 +17,8 @@ from pneumollm.models.components.adapters import (
     fold_repadapters,
     merge_lora,
 )
-from pneumollm.models.components.frozen import autocast_dtype_or, freeze, resolve_dtype, seeded
-from pneumollm.models.components.pretrained import load_pretrained
+from pneumollm.models.components.frozen import autocast_dtype_or, freeze, resolve_dtype
+from pneumollm.models.components.pretrained import load_or_build
 from pneumollm.models.tiny import TINY_LLAMA
 
 # LLaMA-7B (Touvron et al. 2023), as in the Hugging Face conversion huggyllama/llama-7b.
@@ -86,20 +86,12 @@ class LlamaTrunk(LanguageTrunk):
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(frozen_dtype)
+        model = load_or_build(LlamaModel, LlamaConfig, LLAMA_ARCHITECTURES, pretrained=pretrained,
+                              name_or_path=name_or_path, architecture=architecture,
+                              config_overrides=config_overrides, dtype=dtype,
+                              attn_implementation=attn_implementation, init_seed=init_seed, loader=AutoModel)
         if pretrained:
-            if config_overrides:
-                raise ValueError("config_overrides only apply to pretrained: false builds")
-            model = load_pretrained(AutoModel, name_or_path, dtype=dtype,
-                                    attn_implementation=attn_implementation)
             _check_decoder_layout(model, name_or_path)
-        else:
-            if architecture not in LLAMA_ARCHITECTURES:
-                raise ValueError(f"unknown Llama architecture {architecture!r}; "
-                                 f"choose one of {sorted(LLAMA_ARCHITECTURES)}")
-            config = LlamaConfig(**{**LLAMA_ARCHITECTURES[architecture], **dict(config_overrides or {})})
-            with seeded(init_seed):
-                model = LlamaModel._from_config(config, dtype=dtype,
-                                                attn_implementation=attn_implementation)
         if not keep_token_embeddings and getattr(model, "embed_tokens", None) is not None:
             self.excluded_parameter_count = model.embed_tokens.weight.numel()
             model.embed_tokens = None
