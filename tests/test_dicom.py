@@ -136,3 +136,13 @@ def test_raster_films_are_read_as_greyscale(tmp_path: Path) -> None:
     assert any("greyscale" in n for n in film.notes)
     with pytest.raises(UnreadableImageError, match="not found"):
         decode_film(tmp_path / "missing.png")
+
+
+def test_jpeg_lossless_process_14_decodes_through_pylibjpeg() -> None:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("JPEG-LL.dcm")  # ships with pydicom itself (a nuclear-medicine image)
+    with pytest.raises(UnreadableImageError, match="modality NM is not a radiograph"):
+        decode_dicom(path)
+    film = decode_dicom(path, allowed_modalities=None)
+    assert film.pixels.dtype == np.uint8 and film.pixels.std() > 0

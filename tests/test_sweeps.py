@@ -112,3 +112,9 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(toy_manifest: Path, tmp
     assert len(failed) == 2 and all("fold7" in str(p) for p in failed)
     assert "outside 0..1" in json.loads(failed[0].read_text())["error"]
     assert len(_metrics(tmp_path)) == 2
+
+
+def test_every_arm_config_belongs_to_a_sweep() -> None:
+    arms = {p.stem for p in (conf_dir() / "arm").glob("*.yaml")}
+    swept = {arm for sweep in SWEEPS for arm in _arms(sweep) if arm}
+    assert arms == swept, f"arms without a sweep: {sorted(arms - swept)}; unknown arms in sweeps: {sorted(swept - arms)}"

@@ -45,11 +45,12 @@ def plot_metric_curve(xs: Sequence[float], summaries: Sequence[ArmSummary], x_la
     """Mean ± std over folds of ``metrics`` against a swept setting (e.g. the number of diagnosis tokens)."""
     order = np.argsort(xs)
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for metric in metrics:
+    for k, metric in enumerate(metrics):
         mean = np.array([summaries[i].mean[metric] for i in order])
         std = np.array([summaries[i].std[metric] for i in order])
-        ax.errorbar(np.asarray(xs)[order], mean, yerr=np.nan_to_num(std), marker="o", capsize=3,
-                    label=metric.upper())
+        shift = 0.06 * (k - (len(metrics) - 1) / 2)  # side by side, so the error bars do not hide each other
+        ax.errorbar(np.asarray(xs, dtype=float)[order] + shift, mean, yerr=np.nan_to_num(std), marker="o",
+                    capsize=3, label=metric.upper())
     ax.set(xlabel=x_label, ylabel="percent (mean ± std over folds)", title=title)
     ax.legend()
     return _save(fig, path)
@@ -86,7 +87,8 @@ def plot_film_panel(films: Sequence[tuple[str, int, Path]], probabilities: dict[
     for ax, (image_id, label, file) in zip(axes.ravel(), films):
         with Image.open(file) as img:
             ax.imshow(np.asarray(img.convert("L")), cmap="gray")
-        ax.set_title(f"{'pneumoconiosis' if label else 'normal'}\n{Path(image_id).name}", fontsize=8)
+        short = "/".join(Path(image_id).parts[-2:])
+        ax.set_title(f"{'pneumoconiosis' if label else 'normal'}\n{short}", fontsize=8)
         ax.axis("off")
         lines = []
         for arm, probs in probabilities.items():

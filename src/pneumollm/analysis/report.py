@@ -124,8 +124,9 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
     report.figures.append(plot_roc(ordered, summaries, out_dir / "roc.png", f"{table}: pooled out-of-fold ROC"))
     if curve_key:
         xs = [float(_lookup(_run_config(a), curve_key)) for a in ordered]
-        report.figures.append(plot_metric_curve(xs, summaries, curve_key, out_dir / "curve.png",
-                                                f"{table}: metric against {curve_key}"))
+        x_label = _lookup(sample_config, "experiment.curve_label") or curve_key
+        report.figures.append(plot_metric_curve(xs, summaries, x_label, out_dir / "curve.png",
+                                                f"{table}: AUC and AVG against {x_label}"))
     features = {s.label: f for a, s in zip(ordered, summaries) if (f := _features(a)) is not None}
     if features:
         report.figures.append(plot_tsne(features, out_dir / "tsne.png", f"{table}: t-SNE of head-input features"))

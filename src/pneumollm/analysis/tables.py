@@ -105,7 +105,7 @@ def row_cells(row: TableRow) -> list[str]:
     if paper is None:
         cells += ["–"] * 7
     else:
-        cells += [_fmt(paper.trainable_params_m, 4), _fmt(paper.memory_gb)]
+        cells += ["–" if paper.trainable_params_m is None else f"{paper.trainable_params_m:g}", _fmt(paper.memory_gb)]
         cells += [_fmt(paper.metrics[m]) for m in PAPER_METRICS]
     return cells
 

@@ -8,8 +8,10 @@ from omegaconf import DictConfig
 from pneumollm.config import register_resolvers
 from pneumollm.paths import conf_dir
 from pneumollm.training.run import run_fold
+from pneumollm.utils.quiet import quiet_third_party_noise
 
 register_resolvers()
+quiet_third_party_noise()
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")

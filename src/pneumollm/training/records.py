@@ -20,9 +20,10 @@ FAILED_FILE = "failed.json"
 FEATURES_FILE = "features.npz"  # head-input features of the test films (for t-SNE plots)
 PREDICTION_COLUMNS = ("image_id", "patient_id", "fold", "label", "prob")
 
-# Settings that do not change what a run computes (where it writes, how it reports progress).
+# Settings that do not change what a run computes (where it writes, how it reports progress, how tables show it).
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "callbacks.progress", "data.num_workers", "data.progress",
-                     "data.preprocess_workers", "experiment.label", "experiment.group", "force", "save_features")
+                     "data.preprocess_workers", "experiment.label", "experiment.group", "experiment.reference",
+                     "experiment.curve", "experiment.curve_label", "force", "save_features")
 
 
 def _drop(container: dict[str, Any], dotted: str) -> None:

@@ -236,3 +236,17 @@ def _check_causal_lm(model: nn.Module, source: str) -> None:
     if not ok:
         raise ValueError(f"{source!r} loaded as {type(model).__name__}, which is not a Llama-family causal LM "
                          "(expected an LM head and decoder layers with .input_layernorm and .self_attn)")
+
+
+def build_answer_lm(llm_kwargs: dict[str, Any], tokenizer: Any, template: str,
+                    answers: Sequence[str]) -> FrozenAnswerLM:
+    """The frozen causal LM (``build_causal_lm(**llm_kwargs)``) with its tokenizer, scoring ``answers``.
+
+    ``tokenizer`` defaults to the LLM's own folder or hub id; a randomly built LLM needs one given explicitly.
+    """
+    lm = build_causal_lm(**llm_kwargs)
+    if tokenizer is None:
+        tokenizer = llm_kwargs.get("name_or_path") if llm_kwargs.get("pretrained", True) else None
+        if tokenizer is None:
+            raise ValueError("a randomly built LLM needs an explicit `tokenizer` (id, folder or object)")
+    return FrozenAnswerLM(lm, load_tokenizer(tokenizer), template, slots=("image",), answers=answers)

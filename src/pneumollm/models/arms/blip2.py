@@ -21,10 +21,8 @@ from transformers import Blip2QFormerConfig, Blip2QFormerModel, CLIPVisionConfig
 from pneumollm.models.arms.answer_llm import (
     ANSWERS,
     PAPER_QUESTION,
-    FrozenAnswerLM,
     TokenizerSource,
-    build_causal_lm,
-    load_tokenizer,
+    build_answer_lm,
 )
 from pneumollm.models.base import ImageClassifier, InputNormalizer
 from pneumollm.models.components.encoders import CLIP_ARCHITECTURES
@@ -126,13 +124,7 @@ class BLIP2(ImageClassifier):
         self.qformer = Blip2QFormerModel(config)
         self.query_tokens = nn.Parameter(torch.empty(1, num_query_tokens, config.hidden_size))
         nn.init.normal_(self.query_tokens, std=config.initializer_range)  # as BLIP-2
-        lm = build_causal_lm(**llm_kwargs)
-        if tokenizer is None:
-            tokenizer = llm_kwargs.get("name_or_path") if llm_kwargs.get("pretrained", True) else None
-            if tokenizer is None:
-                raise ValueError("a randomly built LLM needs an explicit `tokenizer` (id, folder or object)")
-        self.answer_lm = FrozenAnswerLM(lm, load_tokenizer(tokenizer), template.replace("{question}", question),
-                                        slots=("image",), answers=answers)
+        self.answer_lm = build_answer_lm(llm_kwargs, tokenizer, template.replace("{question}", question), answers)
         self.num_classes = len(self.answer_lm.answers)
         self.projection = nn.Linear(config.hidden_size, self.answer_lm.hidden_size)
 

@@ -23,10 +23,8 @@ from torch import nn
 from pneumollm.models.arms.answer_llm import (
     ANSWERS,
     PAPER_QUESTION,
-    FrozenAnswerLM,
     TokenizerSource,
-    build_causal_lm,
-    load_tokenizer,
+    build_answer_lm,
 )
 from pneumollm.models.base import ImageClassifier
 from pneumollm.models.components.adapters import (
@@ -161,13 +159,7 @@ class LaVIN(ImageClassifier):
         plain = self.adapter_spec.kind == "repadapter"
         self.encoder = ClipVisionEncoder(**vision_kwargs, adapter=self.adapter_spec.repadapter() if plain else
                                          AdapterSpec(kind="none"))
-        lm = build_causal_lm(**llm_kwargs)
-        if tokenizer is None:
-            tokenizer = llm_kwargs.get("name_or_path") if llm_kwargs.get("pretrained", True) else None
-            if tokenizer is None:
-                raise ValueError("a randomly built LLM needs an explicit `tokenizer` (id, folder or object)")
-        self.answer_lm = FrozenAnswerLM(lm, load_tokenizer(tokenizer), template.replace("{question}", question),
-                                        slots=("image",), answers=answers)
+        self.answer_lm = build_answer_lm(llm_kwargs, tokenizer, template.replace("{question}", question), answers)
         self.num_classes = len(self.answer_lm.answers)
         width = self.answer_lm.hidden_size
         self.neck = Neck(self.encoder.width, width, hidden=neck_dim)
