@@ -63,3 +63,16 @@ def test_table_rows_carry_our_numbers_the_papers_and_paired_differences(tmp_path
     assert rows["pneumollm"][17] == "75.76"  # the paper's AVG for +Adapter+CMTE+Emitter
     assert rows["baseline"][9] == "ref"
     assert (tmp_path / "roc.png").is_file() and (tmp_path / "table.csv").is_file()
+    assert "paper AVG" in (tmp_path / "table.md").read_text()
+
+
+def test_a_figure_without_paper_numbers_leaves_the_paper_columns_out_of_the_markdown(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for arm in ("m1", "m2"):
+        for fold in range(3):
+            _fake_run(runs, arm, fold, [(f"{arm}{fold}a", f"P{fold}a", 1, 0.8), (f"{arm}{fold}b", f"P{fold}b", 0, 0.3)])
+    report = aggregate_table(runs, tmp_path, "fig6b", num_folds=3, n_boot=50, use_wandb=False)
+    markdown = (tmp_path / "table.md").read_text()
+    assert not report.has_paper
+    assert "paper AUC" not in markdown and "plot only" in markdown
+    assert "paper AUC" in (tmp_path / "table.csv").read_text().splitlines()[0]  # the csv keeps one schema

@@ -117,4 +117,5 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(toy_manifest: Path, tmp
 def test_every_arm_config_belongs_to_a_sweep() -> None:
     arms = {p.stem for p in (conf_dir() / "arm").glob("*.yaml")}
     swept = {arm for sweep in SWEEPS for arm in _arms(sweep) if arm}
-    assert arms == swept, f"arms without a sweep: {sorted(arms - swept)}; unknown arms in sweeps: {sorted(swept - arms)}"
+    assert arms == swept, (f"arms without a sweep: {sorted(arms - swept)}; "
+                           f"unknown arms in sweeps: {sorted(swept - arms)}")

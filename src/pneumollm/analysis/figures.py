@@ -83,7 +83,11 @@ def plot_tsne(features: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, ti
 def plot_film_panel(films: Sequence[tuple[str, int, Path]], probabilities: dict[str, dict[str, float]],
                     path: Path, title: str) -> Path:
     """Test films with every arm's P(pneumoconiosis) in percent, ✓ where the arm is right (paper Fig. 4)."""
-    fig, axes = plt.subplots(1, len(films), figsize=(2.6 * len(films), 4.6), squeeze=False)
+    # Size the figure so the films sit right under the title and every arm's line fits below them.
+    text_in = 0.13 * len(probabilities) + 0.25
+    height = 0.75 + 2.5 + text_in
+    fig, axes = plt.subplots(1, len(films), figsize=(2.6 * len(films), height), squeeze=False)
+    fig.subplots_adjust(top=1 - 0.75 / height, bottom=text_in / height, left=0.02, right=0.98, wspace=0.1)
     for ax, (image_id, label, file) in zip(axes.ravel(), films):
         with Image.open(file) as img:
             ax.imshow(np.asarray(img.convert("L")), cmap="gray")

@@ -13,7 +13,14 @@ from rich.console import Console
 
 from pneumollm.analysis.collect import AggregationError, ArmRuns, check_complete, collect_runs
 from pneumollm.analysis.figures import plot_film_panel, plot_metric_curve, plot_roc, plot_tsne
-from pneumollm.analysis.tables import COLUMNS, build_rows, load_paper_results, row_cells, write_table
+from pneumollm.analysis.tables import (
+    COLUMNS,
+    build_rows,
+    has_paper_numbers,
+    load_paper_results,
+    row_cells,
+    write_table,
+)
 from pneumollm.training.records import CONFIG_FILE, FEATURES_FILE
 
 
@@ -26,6 +33,7 @@ class TableReport:
     figures: list[Path] = field(default_factory=list)
     incomplete: dict[str, list[str]] = field(default_factory=dict)
     cells: list[list[str]] = field(default_factory=list)
+    has_paper: bool = True
 
 
 def _run_config(arm: ArmRuns) -> dict[str, Any]:
@@ -110,7 +118,9 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
         f"with a 95% percentile bootstrap interval resampling patients ({n_boot} resamples); Δ = paired "
         f"difference to the reference arm ({reference or 'none'}) over folds with a 95% t interval.",
         "L-para: trainable parameters of our runs; Mem: peak memory of the run (GPU allocated on CUDA, else the "
-        "process's peak RSS). 'paper' columns: the numbers reported in the paper for the same row.",
+        "process's peak RSS). " + ("'paper' columns: the numbers reported in the paper for the same row."
+                                    if has_paper_numbers(rows) else
+                                    f"The paper shows {table} as a plot only, so no paper numbers stand beside ours."),
     ]
     if size == "tiny":
         notes.append("Tiny size: randomly initialised, reduced models on CPU (see docs/arms.md and docs/model.md); "
@@ -118,7 +128,8 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
     if incomplete:
         notes.append("Incomplete arms left out: " + "; ".join(p for ps in incomplete.values() for p in ps))
     md_path, csv_path = write_table(rows, out_dir, title, notes)
-    report = TableReport(md_path, csv_path, incomplete=incomplete, cells=[row_cells(r) for r in rows])
+    report = TableReport(md_path, csv_path, incomplete=incomplete, cells=[row_cells(r) for r in rows],
+                         has_paper=has_paper_numbers(rows))
 
     summaries = [r.summary for r in rows]
     report.figures.append(plot_roc(ordered, summaries, out_dir / "roc.png", f"{table}: pooled out-of-fold ROC"))

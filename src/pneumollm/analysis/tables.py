@@ -110,13 +110,21 @@ def row_cells(row: TableRow) -> list[str]:
     return cells
 
 
+def has_paper_numbers(rows: list[TableRow]) -> bool:
+    """Whether the paper reports numbers for any row (its figures 6a/6b are plots only)."""
+    return any(r.paper is not None for r in rows)
+
+
 def write_table(rows: list[TableRow], out_dir: str | Path, title: str, notes: list[str]) -> tuple[Path, Path]:
     """Write ``table.md`` and ``table.csv`` (one row per arm, ``COLUMNS`` plus the arm id)."""
     out_dir = Path(out_dir)
     md_path, csv_path = out_dir / "table.md", out_dir / "table.csv"
     body = [[*row_cells(r)] for r in rows]
-    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    # The csv keeps every column; the markdown leaves out the paper's columns when it gives no numbers (figures).
+    shown = [i for i, c in enumerate(COLUMNS) if has_paper_numbers(rows) or not c.startswith("paper ")]
+    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS[i] for i in shown) + " |",
+             "|" + "|".join("---" for _ in shown) + "|"]
+    lines += ["| " + " | ".join(cells[i] for i in shown) + " |" for cells in body]
     atomic_write_text(md_path, "\n".join([*lines, "", *notes]) + "\n")
 
     def writer(tmp: Path) -> None:

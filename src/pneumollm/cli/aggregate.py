@@ -79,6 +79,8 @@ def print_table(console: Console, report: TableReport) -> None:
     """The table's main columns on the console (the files hold every column)."""
     shown = ["Arm", "L-para (M)", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "pooled AUC [95% CI]", "ΔAVG [95% CI]",
              "paper AUC", "paper AVG"]
+    if not report.has_paper:
+        shown = [c for c in shown if not c.startswith("paper ")]
     index = [COLUMNS.index(c) for c in shown]
     table = Table(title=report.table_md.read_text().splitlines()[0].lstrip("# "))
     for column in shown:
