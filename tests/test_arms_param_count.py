@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pneumollm.models.arm_param_count import build_full_on_meta, count_arm, format_table, main
+from pneumollm.models.arm_param_count import build_full_on_meta, count_arm, format_table, full_size_trainable, main
 
 # arm -> (trainable, total) of the full size with two classes; see docs/arms.md for the arithmetic.
 EXPECTED = {
@@ -59,3 +59,15 @@ def test_table_lists_every_arm(capsys) -> None:
 def test_unknown_arm_is_named_in_the_error() -> None:
     with pytest.raises(FileNotFoundError, match="no_such_arm"):
         build_full_on_meta("no_such_arm")
+
+
+@pytest.mark.parametrize(("arm", "expected"), [
+    ("resnet50", 23_512_130),            # a comparison arm: its model config's full entry
+    ("pneumollm", 2_704_000),            # a named PneumoLLM row composed with size=full
+    ("pneumollm_no_llm", 517_952),       # Table 4 "w/o LLaMA" (paper 0.52 M)
+    ("simplified_pneumollm", 2_691_648),  # Table 5 (paper 2.69 M)
+    ("encoder_vit_b16_in21k", 2_468_384),  # Fig. 6a row with ${sized:...} values
+    ("m4", None),                        # a sweep-made name that is no conf/arm row
+])
+def test_full_size_trainable_of_table_rows(arm: str, expected: int | None) -> None:
+    assert full_size_trainable(arm) == expected

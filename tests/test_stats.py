@@ -60,7 +60,9 @@ def test_table_rows_carry_our_numbers_the_papers_and_paired_differences(tmp_path
                              use_wandb=False)
     rows = {cells[0]: cells for cells in report.cells}
     assert rows["pneumollm"][9] == "5.00 [5.00, 5.00]"  # ΔAVG: +5 in every fold
-    assert rows["pneumollm"][17] == "75.76"  # the paper's AVG for +Adapter+CMTE+Emitter
+    assert rows["pneumollm"][18] == "75.76"  # the paper's AVG for +Adapter+CMTE+Emitter
+    assert rows["pneumollm"][11] == "2.704"  # the paper's configuration, counted on the meta device
+    assert rows["baseline"][11] == "0.6678"  # Table 6 baseline at full size: 667,776
     assert rows["baseline"][9] == "ref"
     assert (tmp_path / "roc.png").is_file() and (tmp_path / "table.csv").is_file()
     assert "paper AVG" in (tmp_path / "table.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,20 @@ def _panel_films(arms: list[ArmRuns], per_class: int = 3) -> list[tuple[str, int
     return []
 
 
+def _full_size_or_none(console: Console) -> Callable[[str], int | None]:
+    """The meta-device full-size count of an arm; a count that cannot be made is left out, with a warning."""
+    from pneumollm.models.arm_param_count import full_size_trainable
+
+    def count(arm: str) -> int | None:
+        try:
+            return full_size_trainable(arm)
+        except Exception as err:  # a missing count must not stop the table
+            console.print(f"[yellow]no full-size parameter count for {arm}: {err}[/yellow]", highlight=False)
+            return None
+
+    return count
+
+
 def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, reference: str | None = None,
                     num_folds: int = 5, partial: bool = False, n_boot: int = 2000, title: str | None = None,
                     use_wandb: bool = True, console: Console | None = None) -> TableReport:
@@ -109,7 +124,7 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
     if reference and reference not in complete:
         console.print(f"[yellow]reference arm {reference!r} is not complete: no paired differences[/yellow]")
         reference = None
-    rows = build_rows(ordered, reference, table, n_boot=n_boot)
+    rows = build_rows(ordered, reference, table, n_boot=n_boot, full_size=_full_size_or_none(console))
     out_dir = Path(out_dir)
     size = _lookup(sample_config, "size_name") or "?"
     title = title or f"{table} ({size} size, {num_folds}-fold cross-validation)"
@@ -117,7 +132,9 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
         "Figures in percent: mean ± sample std (ddof=1) over folds; pooled AUC over all out-of-fold predictions "
         f"with a 95% percentile bootstrap interval resampling patients ({n_boot} resamples); Δ = paired "
         f"difference to the reference arm ({reference or 'none'}) over folds with a 95% t interval.",
-        "L-para: trainable parameters of our runs; Mem: peak memory of the run (GPU allocated on CUDA, else the "
+        "L-para: trainable parameters of our runs; full-size L-para: the same row's configuration "
+        "(conf/arm/) at the paper's size, counted on the meta device (command-line overrides not reflected); "
+        "Mem: peak memory of the run (GPU allocated on CUDA, else the "
         "process's peak RSS). " + ("'paper' columns: the numbers reported in the paper for the same row."
                                     if has_paper_numbers(rows) else
                                     f"The paper shows {table} as a plot only, so no paper numbers stand beside ours."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -51,6 +52,7 @@ class TableRow:
     delta_avg: Interval | None  # against the reference arm, over paired folds
     delta_auc: Interval | None
     paper: PaperRow | None
+    full_size_trainable: int | None = None  # the row's configuration at full size (meta-device count)
 
 
 def _paired(summary: ArmSummary, reference: ArmSummary, metric: str) -> Interval:
@@ -60,8 +62,12 @@ def _paired(summary: ArmSummary, reference: ArmSummary, metric: str) -> Interval
 
 
 def build_rows(arms: list[ArmRuns], reference: str | None, table: str, n_boot: int = 2000,
-               paper: list[PaperRow] | None = None) -> list[TableRow]:
-    """Summaries, bootstrap intervals and paired differences for complete arms, in the given order."""
+               paper: list[PaperRow] | None = None,
+               full_size: Callable[[str], int | None] | None = None) -> list[TableRow]:
+    """Summaries, bootstrap intervals and paired differences for complete arms, in the given order.
+
+    ``full_size`` maps an arm to its full-size trainable parameter count (None: unknown).
+    """
     summaries = {a.arm: summarise_arm(a) for a in arms}
     paper_rows = {r.arm: r for r in (paper if paper is not None else load_paper_results()) if r.table == table}
     ref = summaries.get(reference) if reference else None
@@ -74,12 +80,18 @@ def build_rows(arms: list[ArmRuns], reference: str | None, table: str, n_boot: i
         delta_avg = delta_auc = None
         if ref is not None and arm.arm != ref.arm:
             delta_avg, delta_auc = _paired(s, ref, "avg"), _paired(s, ref, "auc")
-        rows.append(TableRow(s, pooled, delta_avg, delta_auc, paper_rows.get(arm.arm)))
+        rows.append(TableRow(s, pooled, delta_avg, delta_auc, paper_rows.get(arm.arm),
+                             full_size(arm.arm) if full_size else None))
     return rows
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _millions(count: int) -> str:
+    """A parameter count in millions, four significant digits, never in exponent form (33 -> 0.000033)."""
+    return np.format_float_positional(count / 1e6, precision=4, unique=True, fractional=False, trim="-")
 
 
 def _mean_std(s: ArmSummary, metric: str) -> str:
@@ -91,17 +103,19 @@ def _memory(s: ArmSummary) -> str:
 
 
 COLUMNS = ("Arm", "L-para (M)", "Mem (GB)", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "pooled AUC [95% CI]",
-           "ΔAVG [95% CI]", "ΔAUC [95% CI]", "paper L-para (M)", "paper Mem (GB)", "paper Sens.", "paper Spec.",
+           "ΔAVG [95% CI]", "ΔAUC [95% CI]", "full-size L-para (M)",
+           "paper L-para (M)", "paper Mem (GB)", "paper Sens.", "paper Spec.",
            "paper Acc.", "paper AUC", "paper AVG")
 
 
 def row_cells(row: TableRow) -> list[str]:
     """The cells of one table row, in ``COLUMNS`` order."""
     s, paper = row.summary, row.paper
-    cells = [s.label, f"{s.trainable_params / 1e6:.4g}", _memory(s)]
+    cells = [s.label, _millions(s.trainable_params), _memory(s)]
     cells += [_mean_std(s, m) for m in METRICS]
     cells += [row.pooled_auc.format(), row.delta_avg.format() if row.delta_avg else "ref",
-              row.delta_auc.format() if row.delta_auc else "ref"]
+              row.delta_auc.format() if row.delta_auc else "ref",
+              "–" if row.full_size_trainable is None else _millions(row.full_size_trainable)]
     if paper is None:
         cells += ["–"] * 7
     else:
@@ -121,7 +135,8 @@ def write_table(rows: list[TableRow], out_dir: str | Path, title: str, notes: li
     md_path, csv_path = out_dir / "table.md", out_dir / "table.csv"
     body = [[*row_cells(r)] for r in rows]
     # The csv keeps every column; the markdown leaves out the paper's columns when it gives no numbers (figures).
-    shown = [i for i, c in enumerate(COLUMNS) if has_paper_numbers(rows) or not c.startswith("paper ")]
+    shown = [i for i, c in enumerate(COLUMNS) if (has_paper_numbers(rows) or not c.startswith("paper "))
+             and (c != "full-size L-para (M)" or any(r.full_size_trainable is not None for r in rows))]
     lines = [f"# {title}", "", "| " + " | ".join(COLUMNS[i] for i in shown) + " |",
              "|" + "|".join("---" for _ in shown) + "|"]
     lines += ["| " + " | ".join(cells[i] for i in shown) + " |" for cells in body]

@@ -92,6 +92,29 @@ def count_arm(arm: str, config_dir: Path = DEFAULT_CONFIG_DIR) -> ArmCount:
     return ArmCount(arm, row, paper, model.trainable_parameter_count(), model.total_parameter_count(), published)
 
 
+def full_size_trainable(arm: str, conf_dir: Path = DEFAULT_CONFIG_DIR.parent) -> int | None:
+    """Trainable parameters of the named table row ``arm`` at full size, built on the meta device.
+
+    Comparison arms are built from their model config; every other row from ``conf/arm/<arm>.yaml`` composed
+    with ``size=full`` (pretrained backbones as their random architectures). None for a name that is no row.
+    """
+    if arm in ARM_ROWS:
+        return build_full_on_meta(arm, Path(conf_dir) / "model").trainable_parameter_count()
+    if not (Path(conf_dir) / "arm" / f"{arm}.yaml").is_file():
+        return None
+    from hydra import compose, initialize_config_dir
+
+    from pneumollm.config import register_resolvers
+    from pneumollm.models.param_count import build_model, offline_architecture_overrides
+
+    register_resolvers()
+    overrides = [f"arm={arm}", "size=full"]
+    with initialize_config_dir(str(Path(conf_dir).resolve()), version_base=None):
+        cfg = compose("train", overrides=overrides)
+        cfg = compose("train", overrides=[*overrides, *offline_architecture_overrides(cfg)])
+    return build_model(cfg, device="meta").trainable_parameter_count()
+
+
 def count_all(config_dir: Path = DEFAULT_CONFIG_DIR) -> list[ArmCount]:
     return [count_arm(arm, config_dir) for arm in ARM_ROWS]
 
