@@ -140,8 +140,10 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
                                     f"The paper shows {table} as a plot only, so no paper numbers stand beside ours."),
     ]
     if size == "tiny":
-        notes.append("Tiny size: randomly initialised, reduced models on CPU (see docs/arms.md and docs/model.md); "
-                     "they exercise the pipeline and are not comparable with the paper's numbers.")
+        epochs = _lookup(sample_config, "trainer.max_epochs")
+        notes.append(f"Tiny size: randomly initialised models of reduced width and depth on CPU, {epochs} epochs "
+                     "(each arm's reduction: docs/arms.md, 'Tiny sizes'; L-para shows the tiny count); they "
+                     "exercise the pipeline and are not comparable with the paper's numbers.")
     if incomplete:
         notes.append("Incomplete arms left out: " + "; ".join(p for ps in incomplete.values() for p in ps))
     md_path, csv_path = write_table(rows, out_dir, title, notes)
