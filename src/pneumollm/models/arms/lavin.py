@@ -28,10 +28,10 @@ from pneumollm.models.arms.answer_llm import (
 )
 from pneumollm.models.base import ImageClassifier
 from pneumollm.models.components.adapters import (
-    AdaptedNorm,
     AdapterSite,
     AdapterSpec,
     GroupedLinear,
+    attach_adapters,
     attach_repadapters,
 )
 from pneumollm.models.components.encoders import ClipVisionEncoder
@@ -108,16 +108,8 @@ class RoutedRepAdapter(nn.Module):
 
 def attach_routed_adapters(sites: Iterable[AdapterSite], dim: int, spec: LavinAdapterSpec) -> int:
     """Wrap every site's norm in ``AdaptedNorm`` with a fresh fp32 ``RoutedRepAdapter``; returns how many."""
-    count = 0
-    for site in sites:
-        norm = site.block.get_submodule(site.norm)
-        if isinstance(norm, AdaptedNorm):
-            raise RuntimeError(f"{site.norm} already carries an adapter")
-        device = next(norm.parameters(), torch.empty(0)).device
-        adapter = RoutedRepAdapter(dim, spec.hidden, spec.groups, spec.dropout, spec.temperature)
-        site.block.set_submodule(site.norm, AdaptedNorm(norm, adapter.to(device=device, dtype=torch.float32)))
-        count += 1
-    return count
+    return attach_adapters(sites, lambda: RoutedRepAdapter(dim, spec.hidden, spec.groups, spec.dropout,
+                                                           spec.temperature))
 
 
 def clip_attention_sites(clip_vision: nn.Module) -> Iterator[AdapterSite]:

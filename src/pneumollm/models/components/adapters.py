@@ -8,7 +8,7 @@ input and puts the bare norm back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -148,18 +148,23 @@ class AdapterSite:
     targets: tuple[str, ...]
 
 
-def attach_repadapters(sites: Iterable[AdapterSite], dim: int, spec: AdapterSpec) -> int:
-    """Wrap every site's norm in ``AdaptedNorm`` with a fresh fp32 RepAdapter; returns how many."""
+def attach_adapters(sites: Iterable[AdapterSite], make_adapter: Callable[[], nn.Module]) -> int:
+    """Wrap every site's norm in ``AdaptedNorm`` with a fresh fp32 adapter from ``make_adapter``; returns how many."""
     count = 0
     for site in sites:
         norm = site.block.get_submodule(site.norm)
         if isinstance(norm, AdaptedNorm):
             raise RuntimeError(f"{site.norm} already carries an adapter")
         device = next(norm.parameters(), torch.empty(0)).device
-        adapter = RepAdapter(dim, spec.hidden, spec.groups, spec.dropout).to(device=device, dtype=torch.float32)
+        adapter = make_adapter().to(device=device, dtype=torch.float32)
         _set_submodule(site.block, site.norm, AdaptedNorm(norm, adapter))
         count += 1
     return count
+
+
+def attach_repadapters(sites: Iterable[AdapterSite], dim: int, spec: AdapterSpec) -> int:
+    """Wrap every site's norm in ``AdaptedNorm`` with a fresh fp32 RepAdapter; returns how many."""
+    return attach_adapters(sites, lambda: RepAdapter(dim, spec.hidden, spec.groups, spec.dropout))
 
 
 @torch.no_grad()
