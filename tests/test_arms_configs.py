@@ -95,3 +95,14 @@ def test_size_name_selects_the_full_variant_config() -> None:
     cfg = OmegaConf.create({"size_name": "full", "model": OmegaConf.load(CONFIG_DIR / "dinov2_vits14.yaml")})
     assert cfg.model.size == "full"
     assert cfg.model.full.model_kwargs.img_size == 224
+
+
+@pytest.mark.parametrize("arm", [*sorted(TRAINABLE), "lavin", "blip2"])
+def test_forward_with_features_is_forward_and_extract_features_in_one(arm: str) -> None:
+    torch.manual_seed(0)
+    model = build_arm(arm).eval()
+    images = torch.rand(2, 1, 224, 224)
+    with torch.no_grad():
+        logits, features = model.forward_with_features(images)
+        torch.testing.assert_close(logits, model(images))
+        torch.testing.assert_close(features, model.extract_features(images))

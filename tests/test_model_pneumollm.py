@@ -38,6 +38,10 @@ def test_tiny_model_fulfils_the_classifier_contract() -> None:
     assert model(x).shape == (3, 2)
     assert model.extract_features(x).shape == (3, model.llm.hidden_size)
     assert model.llm.attn_implementation == "sdpa"
+    with torch.no_grad():
+        logits, features = model.eval().forward_with_features(x)  # one pass serves the test step
+        torch.testing.assert_close(logits, model(x))
+        torch.testing.assert_close(features, model.extract_features(x))
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

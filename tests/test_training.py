@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,6 +47,9 @@ def test_a_fold_run_writes_metrics_predictions_config_and_a_trainable_only_check
     rows = _predictions(run)
     assert len(rows) == saved["splits"]["test"]["films"] and {r["fold"] for r in rows} == {"0"}
     assert (run / "config.yaml").is_file()
+    features = np.load(run / "features.npz")  # the head's input of every test film, for the t-SNE figure
+    assert features["features"].shape[0] == len(rows) and np.isfinite(features["features"]).all()
+    assert sorted(features["image_ids"].tolist()) == sorted(r["image_id"] for r in rows)
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert ckpt["state_dict"] and all(k.startswith("net.") for k in ckpt["state_dict"])
     assert not (run / "checkpoints" / "last.ckpt").exists()  # only kept while a run can still be resumed

@@ -135,8 +135,12 @@ def write_table(rows: list[TableRow], out_dir: str | Path, title: str, notes: li
     md_path, csv_path = out_dir / "table.md", out_dir / "table.csv"
     body = [[*row_cells(r)] for r in rows]
     # The csv keeps every column; the markdown leaves out the paper's columns when it gives no numbers (figures).
-    shown = [i for i, c in enumerate(COLUMNS) if (has_paper_numbers(rows) or not c.startswith("paper "))
-             and (c != "full-size L-para (M)" or any(r.full_size_trainable is not None for r in rows))]
+    hidden = set()
+    if not has_paper_numbers(rows):
+        hidden |= {c for c in COLUMNS if c.startswith("paper ")}
+    if all(r.full_size_trainable is None for r in rows):
+        hidden.add("full-size L-para (M)")
+    shown = [i for i, c in enumerate(COLUMNS) if c not in hidden]
     lines = [f"# {title}", "", "| " + " | ".join(COLUMNS[i] for i in shown) + " |",
              "|" + "|".join("---" for _ in shown) + "|"]
     lines += ["| " + " | ".join(cells[i] for i in shown) + " |" for cells in body]

@@ -54,6 +54,11 @@ class ImageClassifier(nn.Module):
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(forward(images), extract_features(images))``; models whose features lie on the way to the
+        logits override it to run the network once."""
+        return self(images), self.extract_features(images)
+
     def trainable_parameter_count(self) -> int:
         """Number of parameters that receive gradients."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

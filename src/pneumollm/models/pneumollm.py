@@ -79,6 +79,10 @@ class PneumoLLM(ImageClassifier):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk_output(self.trunk_input(images)))
 
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.extract_features(images)
+        return self.head.classify(features), features
+
     def fold_adapters(self) -> int:
         """Merge every adapter into the frozen weights for inference (eval-mode function unchanged)."""
         return self.encoder.fold_adapters() + self.llm.fold_adapters()

@@ -63,3 +63,7 @@ class TimmClassifier(ImageClassifier):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(images))
+
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature_map = self.backbone.forward_features(self.normalize(images))
+        return self.backbone.forward_head(feature_map), self.backbone.forward_head(feature_map, pre_logits=True)

@@ -121,12 +121,14 @@ class ClassificationModule(L.LightningModule):
         self.log("val/avg", avg, prog_bar=True)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self.net(batch[IMAGE]).float()
-        probs = self.loss_fn.positive_probability(logits)
+        if self.save_features:
+            logits, features = self.net.forward_with_features(batch[IMAGE])
+            self._test_features.append(features.float().flatten(1).detach().cpu())
+        else:
+            logits = self.net(batch[IMAGE])
+        probs = self.loss_fn.positive_probability(logits.float())
         self.test_metrics.update(probs, batch[LABEL])
         self._test_rows.append((batch[INDEX].detach().cpu(), batch[LABEL].detach().cpu(), probs.detach().cpu()))
-        if self.save_features:
-            self._test_features.append(self.net.extract_features(batch[IMAGE]).float().flatten(1).detach().cpu())
 
     def on_test_epoch_end(self) -> None:
         values = self._percent(self.test_metrics.compute(), "test/")

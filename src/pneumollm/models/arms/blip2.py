@@ -147,3 +147,6 @@ class BLIP2(ImageClassifier):
 
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.answer(images)[1]
+
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.answer(images)

@@ -51,7 +51,11 @@ class ZeroShotCLIP(ImageClassifier):
         return F.normalize(self.clip.encode_image(images), dim=-1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return cosine_logits(self.clip.encode_image(images), self.text_features(), self.clip.logit_scale())
+        return self.forward_with_features(images)[0]
+
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.clip.encode_image(images)
+        return cosine_logits(image, self.text_features(), self.clip.logit_scale()), F.normalize(image, dim=-1)
 
 
 class LinearProbeCLIP(ImageClassifier):
@@ -84,8 +88,12 @@ class LinearProbeCLIP(ImageClassifier):
         return F.normalize(features, dim=-1) if self.normalize_features else features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        z = self.probe(self.extract_features(images))
-        return torch.cat([torch.zeros_like(z), z], dim=1)
+        return self.forward_with_features(images)[0]
+
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.extract_features(images)
+        z = self.probe(features)
+        return torch.cat([torch.zeros_like(z), z], dim=1), features
 
 
 class CoOpCLIP(ImageClassifier):
@@ -135,8 +143,11 @@ class CoOpCLIP(ImageClassifier):
             return F.normalize(self.clip.encode_image(images), dim=-1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(images)[0]
+
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.extract_features(images)
-        return cosine_logits(image, self.text_features(image), self.clip.logit_scale())
+        return cosine_logits(image, self.text_features(image), self.clip.logit_scale()), image
 
 
 class CoCoOpCLIP(CoOpCLIP):

@@ -176,3 +176,6 @@ class LaVIN(ImageClassifier):
 
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.answer(images)[1]
+
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.answer(images)

@@ -96,3 +96,7 @@ class VAPFormer(ImageClassifier):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.extract_features(images))
+
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.extract_features(images)
+        return self.head(features), features

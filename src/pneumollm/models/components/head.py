@@ -17,5 +17,9 @@ class MeanLinearHead(nn.Module):
         """The classifier's input [B, in_features]."""
         return tokens.mean(dim=1)
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the pooled features that ``pool`` returns."""
+        return self.linear(features)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.pool(tokens))
+        return self.classify(self.pool(tokens))
