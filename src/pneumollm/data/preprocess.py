@@ -8,7 +8,6 @@ are skipped and listed with the reason in ``preprocess_report.csv``; one bad fil
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from collections import Counter
@@ -27,7 +26,14 @@ from pneumollm.data.dicom import RADIOGRAPH_MODALITIES, UnreadableImageError
 from pneumollm.data.films import decode_film
 from pneumollm.data.lungs.base import LungSegmenter
 from pneumollm.data.lungs.crop import crop_to_lungs
-from pneumollm.utils.io import atomic_write, atomic_write_bytes, atomic_write_json, sha256_file, sha256_json
+from pneumollm.utils.io import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    png_bytes,
+    sha256_file,
+    sha256_json,
+)
 from pneumollm.utils.progress import progress_bar
 
 # Bump when the stage's output format changes; code changes are caught by ``code_fingerprint``.
@@ -150,12 +156,6 @@ class HashIndex:
             self.dirty = False
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
-
-
 def resize_film(film: np.ndarray, size: int) -> np.ndarray:
     """Resize a (cropped) film to ``size`` x ``size`` (aspect not kept, as in the paper)."""
     image = Image.fromarray(film)
@@ -173,6 +173,7 @@ def _thumbnail(film: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, n
     return thumb, mask_thumb, scale
 
 
+@lru_cache(maxsize=1)
 def decoder_versions() -> dict[str, str]:
     """Versions of the packages that decode films: a cached failure is retried when any of them changes."""
     from importlib.metadata import PackageNotFoundError, version
@@ -222,10 +223,10 @@ class FilmCache:
     def store(self, content_hash: str, image: np.ndarray, meta: dict[str, Any], thumb: np.ndarray,
               mask_thumb: np.ndarray | None) -> None:
         stem = self.stem(content_hash)
-        atomic_write_bytes(stem.with_suffix(".thumb.png"), _png_bytes(thumb))
+        atomic_write_bytes(stem.with_suffix(".thumb.png"), png_bytes(thumb))
         if mask_thumb is not None:
-            atomic_write_bytes(stem.with_suffix(".mask.png"), _png_bytes(mask_thumb))
-        atomic_write_bytes(stem.with_suffix(".png"), _png_bytes(image))
+            atomic_write_bytes(stem.with_suffix(".mask.png"), png_bytes(mask_thumb))
+        atomic_write_bytes(stem.with_suffix(".png"), png_bytes(image))
         atomic_write_json(stem.with_suffix(".json"), meta)  # written last: marks the entry complete
 
 

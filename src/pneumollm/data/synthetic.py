@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import shutil
 import uuid
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from pneumollm.utils.io import atomic_write_bytes, png_bytes
 
 POSITIVE_LABEL = "pneumoconiosis"
 NEGATIVE_LABEL = "normal"
@@ -689,24 +690,10 @@ def _encode(film: Film, seed: int, stored: np.ndarray, lungs: np.ndarray) -> byt
     return data
 
 
-def _png_bytes(mask: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
 
 # --------------------------------------------------------------------------------------------------------
 # Files: atomic writes, completion stamp, the public entry point
 # --------------------------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _clear_previous(out_dir: Path) -> None:
@@ -783,8 +770,8 @@ def generate_demo_cohort(
             anatomies = {index: _make_anatomy(seed, film.patient, signal_strength)}
         attenuation, lungs = _render_film(film, anatomies[index], image_size, seed)
         stored = _detector_values(film, attenuation)
-        _atomic_write(out_dir / film.relpath, _encode(film, seed, stored, lungs))
-        _atomic_write(out_dir / film.mask_relpath, _png_bytes(lungs))
+        atomic_write_bytes(out_dir / film.relpath, _encode(film, seed, stored, lungs))
+        atomic_write_bytes(out_dir / film.mask_relpath, png_bytes(lungs.astype(np.uint8) * 255))
 
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
@@ -792,6 +779,6 @@ def generate_demo_cohort(
     for film in films:
         label = POSITIVE_LABEL if film.patient.positive else NEGATIVE_LABEL
         writer.writerow([film.relpath, label, film.patient.patient_id])
-    _atomic_write(labels_csv, table.getvalue().encode())
-    _atomic_write(stamp, stamp_text.encode())
+    atomic_write_bytes(labels_csv, table.getvalue().encode())
+    atomic_write_bytes(stamp, stamp_text.encode())
     return labels_csv

@@ -70,33 +70,39 @@ def implausibility(mask: np.ndarray, checks: PlausibilityChecks | None = None) -
 
     Only the two largest regions count (the ones :func:`lung_box` frames).
     """
+    return _assess(mask, checks)[0]
+
+
+def _assess(mask: np.ndarray, checks: PlausibilityChecks | None) -> tuple[str, Box | None]:
+    """(:func:`implausibility`'s reason, :func:`lung_box`'s rectangle) from one labelling of ``mask``."""
     checks = checks or PlausibilityChecks()
     regions = component_masks(mask, 2)
     if not regions:
-        return "empty lung mask"
+        return "empty lung mask", None
     lungs = np.logical_or.reduce(regions)
+    box = mask_bounding_box(lungs)
     area = lungs.mean()
     if area < checks.min_area:
-        return f"lung mask too small ({area:.1%} of the film)"
+        return f"lung mask too small ({area:.1%} of the film)", box
     if area > checks.max_area:
-        return f"lung mask too large ({area:.1%} of the film)"
+        return f"lung mask too large ({area:.1%} of the film)", box
     if len(regions) < 2:
-        return "only one lung found"
+        return "only one lung found", box
     first, second = (int(region.sum()) for region in regions)
     if second < checks.min_second_lung * first:
-        return f"only one lung found (second region is {second / first:.0%} of the first)"
+        return f"only one lung found (second region is {second / first:.0%} of the first)", box
     spans = [mask_bounding_box(region) for region in regions]
     (_, left_a, _, right_a), (_, left_b, _, right_b) = spans  # type: ignore[misc]
     shared = max(0, min(right_a, right_b) - max(left_a, left_b))
     if shared > checks.max_column_overlap * min(right_a - left_a, right_b - left_b):
-        return "the two largest regions are not side by side (one above the other)"
-    top, left, bottom, right = mask_bounding_box(lungs)  # type: ignore[misc]
+        return "the two largest regions are not side by side (one above the other)", box
+    top, left, bottom, right = box  # type: ignore[misc]
     height, width = mask.shape
     sides = [name for name, hit in
              (("top", top == 0), ("left", left == 0), ("bottom", bottom == height), ("right", right == width)) if hit]
     if len(sides) > checks.max_border_sides:
-        return f"lung mask touches the film border ({', '.join(sides)})"
-    return ""
+        return f"lung mask touches the film border ({', '.join(sides)})", box
+    return "", box
 
 
 def crop_to_lungs(
@@ -125,9 +131,9 @@ def crop_to_lungs(
             f"{image_id}: lungs={segmenter.name} returned a {mask.shape} mask for a {image.shape[:2]} film"
         )
     mask = mask.astype(bool)
-    reason = implausibility(mask, checks)
+    reason, lungs = _assess(mask, checks)
     if reason:
         return CropResult(image=image, box=None, mask=mask, status="fallback", reason=reason)
-    box = expand_box(lung_box(mask), margin, image.shape[:2])  # type: ignore[arg-type]
+    box = expand_box(lungs, margin, image.shape[:2])  # type: ignore[arg-type]
     top, left, bottom, right = box
     return CropResult(image=image[top:bottom, left:right], box=box, mask=mask, status="cropped")

@@ -247,9 +247,9 @@ class ThresholdSegmenter:
         yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
         return ndimage.grey_opening(image, footprint=(yy**2 + xx**2) <= radius**2)
 
-    def segment_small(self, film: np.ndarray, suppress_blobs: bool = False) -> np.ndarray | None:
-        """The lung mask at working size, or None (with ``last_failure`` set)."""
-        plain, equalised = normalise_contrast(film, self.working_size, self.clahe_clip)
+    def segment_small(self, plain: np.ndarray, equalised: np.ndarray, suppress_blobs: bool) -> np.ndarray | None:
+        """The lung mask at working size (from ``normalise_contrast``'s two images), or None with
+        ``last_failure`` set."""
         if suppress_blobs:
             equalised = self.suppress_bright_blobs(equalised)  # for finding the lungs; outlines follow the film
         width = plain.shape[1]
@@ -285,9 +285,10 @@ class ThresholdSegmenter:
         if int(image.max()) == int(image.min()):
             self.last_failure = "threshold: the film is uniform (no contrast)"
             return None
-        small = self.segment_small(image)
+        contrast = normalise_contrast(image, self.working_size, self.clahe_clip)  # shared by both passes
+        small = self.segment_small(*contrast, suppress_blobs=False)
         if (small is None or implausibility(small)) and self.bright_blob_radius > 0:
-            retry = self.segment_small(image, suppress_blobs=True)
+            retry = self.segment_small(*contrast, suppress_blobs=True)
             if retry is not None and (small is None or not implausibility(retry)):
                 small = retry
         if small is None:
