@@ -115,10 +115,6 @@ def full_size_trainable(arm: str, conf_dir: Path = DEFAULT_CONFIG_DIR.parent) ->
     return build_model(cfg, device="meta").trainable_parameter_count()
 
 
-def count_all(config_dir: Path = DEFAULT_CONFIG_DIR) -> list[ArmCount]:
-    return [count_arm(arm, config_dir) for arm in ARM_ROWS]
-
-
 def format_table(counts: list[ArmCount]) -> str:
     """A Markdown table: arm, paper row, paper L-para, our trainable and total counts, published form."""
     lines = [

@@ -67,11 +67,6 @@ def open_disk(mask: np.ndarray, radius: float) -> np.ndarray:
     return dilate_disk(erode_disk(mask, radius), radius)
 
 
-def close_disk(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Morphological closing of ``mask`` with a disk of ``radius`` pixels (joins fragments, fills gaps)."""
-    return erode_disk(dilate_disk(mask, radius), radius, outside_is_mask=True)
-
-
 def lung_pair(mask: np.ndarray, side_margin: float = 0.1) -> np.ndarray:
     """The largest component on each side of the film's midline, ignoring those centred in the outer bands.
 

@@ -189,11 +189,6 @@ class FrozenAnswerLM(nn.Module):
         """The dtype of the LM's weights (what every input embedding is cast to)."""
         return self.lm.get_input_embeddings().weight.dtype
 
-    @property
-    def num_text_tokens(self) -> int:
-        """Tokens the template's text and ``{bos}`` contribute (the slots come on top)."""
-        return sum(getattr(self, name).numel() for name in self._segments if name)
-
     def attention_sites(self) -> Iterator[AdapterSite]:
         """The normalised input of every decoder layer's self-attention, feeding q, k and v (adapter sites)."""
         for layer in self.lm.get_decoder().layers:

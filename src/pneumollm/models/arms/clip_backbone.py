@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 from transformers.masking_utils import create_causal_mask
 
 from pneumollm.models.base import InputNormalizer
+from pneumollm.models.components.frozen import resolve_dtype
 from pneumollm.models.components.pretrained import load_pretrained
 
 CLIP_VIT_L14 = "openai/clip-vit-large-patch14"
@@ -39,7 +40,7 @@ class FrozenCLIP(nn.Module):
         if isinstance(clip, CLIPModel):
             model = clip
         else:
-            kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
+            kwargs = {"dtype": resolve_dtype(dtype)} if dtype else {}
             model = load_pretrained(CLIPModel, clip, **kwargs)
         if tokenizer is None:
             if isinstance(clip, CLIPModel):
