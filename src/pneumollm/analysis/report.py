@@ -6,10 +6,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import yaml
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from pneumollm.analysis.collect import AggregationError, ArmRuns, check_complete, collect_runs
@@ -22,6 +21,7 @@ from pneumollm.analysis.tables import (
     row_cells,
     write_table,
 )
+from pneumollm.data.preprocess import read_cohort_index
 from pneumollm.training.records import CONFIG_FILE, FEATURES_FILE
 
 
@@ -37,24 +37,26 @@ class TableReport:
     has_paper: bool = True
 
 
-def _run_config(arm: ArmRuns) -> dict[str, Any]:
-    first = arm.run_dirs[min(arm.run_dirs)]
-    path = first / CONFIG_FILE
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+def _run_config(arm: ArmRuns) -> DictConfig:
+    """The resolved config of the arm's first fold (empty when the run wrote none)."""
+    path = arm.run_dirs[min(arm.run_dirs)] / CONFIG_FILE
+    return OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
 
 
-def _lookup(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+def _curve_values(arms: dict[str, ArmRuns], configs: dict[str, DictConfig], curve_key: str) -> dict[str, float]:
+    """Each arm's x value on the figure's curve (e.g. m for Fig. 6b), read from its config."""
+    values = {}
+    for name in arms:
+        value = OmegaConf.select(configs[name], curve_key)
+        if value is None:
+            raise AggregationError(f"{name}: its config has no {curve_key!r}, the x value of this figure's curve")
+        values[name] = float(value)
+    return values
 
 
-def _order(arms: dict[str, ArmRuns], table: str, curve_key: str | None) -> list[ArmRuns]:
-    if curve_key:
-        return sorted(arms.values(), key=lambda a: float(_lookup(_run_config(a), curve_key) or 0))
+def _order(arms: dict[str, ArmRuns], table: str, curve: dict[str, float] | None) -> list[ArmRuns]:
+    if curve:
+        return sorted(arms.values(), key=lambda a: curve[a.arm])
     paper_order = [r.arm for r in load_paper_results() if r.table == table]
     rank = {name: i for i, name in enumerate(paper_order)}
     return sorted(arms.values(), key=lambda a: (rank.get(a.arm, len(rank)), a.arm))
@@ -74,14 +76,14 @@ def _features(arm: ArmRuns) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _panel_films(arms: list[ArmRuns], per_class: int = 3) -> list[tuple[str, int, Path]]:
     """A few test films (the first ``per_class`` of each class by id), with their preprocessed image."""
-    import csv
-
     for arm in arms:
         cohort = arm.folds[min(arm.folds)].get("cohort_folder")
-        if not cohort or not (Path(cohort) / "cohort.csv").is_file():
+        if not cohort:
             continue
-        with (Path(cohort) / "cohort.csv").open(newline="") as handle:
-            files = {r["image_id"]: Path(cohort) / r["file"] for r in csv.DictReader(handle)}
+        try:
+            files = {film.image_id: Path(cohort) / film.file for film in read_cohort_index(cohort)}
+        except FileNotFoundError:
+            continue
         tested = sorted({(p.image_id, p.label) for p in arm.predictions})
         chosen = [t for t in tested if t[1] == 0][:per_class] + [t for t in tested if t[1] == 1][:per_class]
         return [(image_id, label, files[image_id]) for image_id, label in chosen if image_id in files]
@@ -117,16 +119,18 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
     complete = {name: arm for name, arm in arms.items() if name not in incomplete}
     if not complete:
         raise AggregationError(f"{runs_dir}: no arm of {table} has all {num_folds} folds")
-    sample_config = _run_config(next(iter(complete.values())))
-    curve_key = _lookup(sample_config, "experiment.curve")
-    ordered = _order(complete, table, curve_key)
-    reference = reference or _lookup(sample_config, "experiment.reference")
+    configs = {name: _run_config(arm) for name, arm in complete.items()}
+    sample_config = next(iter(configs.values()))
+    curve_key = OmegaConf.select(sample_config, "experiment.curve")
+    curve = _curve_values(complete, configs, curve_key) if curve_key else None
+    ordered = _order(complete, table, curve)
+    reference = reference or OmegaConf.select(sample_config, "experiment.reference")
     if reference and reference not in complete:
         console.print(f"[yellow]reference arm {reference!r} is not complete: no paired differences[/yellow]")
         reference = None
     rows = build_rows(ordered, reference, table, n_boot=n_boot, full_size=_full_size_or_none(console))
     out_dir = Path(out_dir)
-    size = _lookup(sample_config, "size_name") or "?"
+    size = OmegaConf.select(sample_config, "size_name", default="?")
     title = title or f"{table} ({size} size, {num_folds}-fold cross-validation)"
     notes = [
         "Figures in percent: mean ± sample std (ddof=1) over folds; pooled AUC over all out-of-fold predictions "
@@ -140,7 +144,7 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
                                     f"The paper shows {table} as a plot only, so no paper numbers stand beside ours."),
     ]
     if size == "tiny":
-        epochs = _lookup(sample_config, "trainer.max_epochs")
+        epochs = OmegaConf.select(sample_config, "trainer.max_epochs")
         notes.append(f"Tiny size: randomly initialised models of reduced width and depth on CPU, {epochs} epochs "
                      "(each arm's reduction: docs/arms.md, 'Tiny sizes'; L-para shows the tiny count); they "
                      "exercise the pipeline and are not comparable with the paper's numbers.")
@@ -152,9 +156,9 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
 
     summaries = [r.summary for r in rows]
     report.figures.append(plot_roc(ordered, summaries, out_dir / "roc.png", f"{table}: pooled out-of-fold ROC"))
-    if curve_key:
-        xs = [float(_lookup(_run_config(a), curve_key)) for a in ordered]
-        x_label = _lookup(sample_config, "experiment.curve_label") or curve_key
+    if curve:
+        xs = [curve[a.arm] for a in ordered]
+        x_label = OmegaConf.select(sample_config, "experiment.curve_label") or curve_key
         report.figures.append(plot_metric_curve(xs, summaries, x_label, out_dir / "curve.png",
                                                 f"{table}: AUC and AVG against {x_label}"))
     features = {s.label: f for a, s in zip(ordered, summaries) if (f := _features(a)) is not None}
@@ -170,13 +174,13 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
     return report
 
 
-def _log_to_wandb(table: str, report: TableReport, config: dict[str, Any]) -> None:
+def _log_to_wandb(table: str, report: TableReport, config: DictConfig) -> None:
     """One ``aggregate`` run per table holding the table and the figures (offline unless WANDB_MODE=online)."""
     try:
         import wandb
     except ImportError:
         return
-    project = _lookup(config, "logger.wandb.project") or "pneumollm"
+    project = OmegaConf.select(config, "logger.wandb.project") or "pneumollm"
     run = wandb.init(project=project, group=f"{table}/summary", job_type="aggregate", name=f"{table}-aggregate",
                      dir=str(report.table_md.parent), mode=os.environ.get("WANDB_MODE", "offline"),
                      reinit="finish_previous")
