@@ -97,3 +97,18 @@ def check_complete(arm: ArmRuns, num_folds: int) -> list[str]:
             problems.append(f"arm {arm.arm!r}: patient {pred.patient_id!r} is tested in folds "
                             f"{patients[pred.patient_id]} and {pred.fold} (patient-level split violated)")
     return problems
+
+
+def split_complete(arms: dict[str, ArmRuns], num_folds: int, partial: bool,
+                   source: str | Path) -> tuple[dict[str, ArmRuns], dict[str, list[str]]]:
+    """(arms with every fold, problems of the others); an AggregationError unless ``partial`` allows gaps."""
+    problems = {name: check_complete(arm, num_folds) for name, arm in arms.items()}
+    incomplete = {name: p for name, p in problems.items() if p}
+    if incomplete and not partial:
+        listing = "\n".join(f"  - {p}" for ps in incomplete.values() for p in ps)
+        raise AggregationError(f"cannot summarise {source}:\n{listing}\n"
+                               "Rerun the sweep or the missing jobs (finished ones are skipped) or pass --partial.")
+    complete = {name: arm for name, arm in arms.items() if name not in incomplete}
+    if not complete:
+        raise AggregationError(f"{source}: no arm has all {num_folds} folds")
+    return complete, incomplete

@@ -11,7 +11,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from pneumollm.analysis.collect import AggregationError, ArmRuns, check_complete, collect_runs
+from pneumollm.analysis.collect import AggregationError, ArmRuns, collect_runs, split_complete
 from pneumollm.analysis.figures import plot_film_panel, plot_metric_curve, plot_roc, plot_tsne
 from pneumollm.analysis.tables import (
     COLUMNS,
@@ -106,19 +106,15 @@ def _full_size_or_none(console: Console) -> Callable[[str], int | None]:
 
 def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, reference: str | None = None,
                     num_folds: int = 5, partial: bool = False, n_boot: int = 2000, title: str | None = None,
-                    use_wandb: bool = True, console: Console | None = None) -> TableReport:
-    """Write ``table.md``/``table.csv`` and the figures of ``table`` from its runs under ``runs_dir``."""
+                    use_wandb: bool = True, console: Console | None = None,
+                    arms: dict[str, ArmRuns] | None = None) -> TableReport:
+    """Write ``table.md``/``table.csv`` and the figures of ``table`` from its runs under ``runs_dir``.
+
+    ``arms``: the runs already collected from ``runs_dir`` (read again when not given).
+    """
     console = console or Console(stderr=True)
-    arms = collect_runs(runs_dir)
-    problems = {name: check_complete(arm, num_folds) for name, arm in arms.items()}
-    incomplete = {name: p for name, p in problems.items() if p}
-    if incomplete and not partial:
-        listing = "\n".join(f"  - {p}" for ps in incomplete.values() for p in ps)
-        raise AggregationError(f"cannot build {table} from {runs_dir}:\n{listing}\n"
-                               "Rerun the sweep (finished jobs are skipped) or aggregate with --partial.")
-    complete = {name: arm for name, arm in arms.items() if name not in incomplete}
-    if not complete:
-        raise AggregationError(f"{runs_dir}: no arm of {table} has all {num_folds} folds")
+    arms = collect_runs(runs_dir) if arms is None else arms
+    complete, incomplete = split_complete(arms, num_folds, partial, f"{table} ({runs_dir})")
     configs = {name: _run_config(arm) for name, arm in complete.items()}
     sample_config = next(iter(configs.values()))
     curve_key = OmegaConf.select(sample_config, "experiment.curve")

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pneumollm.analysis.collect import AggregationError, check_complete, collect_runs
+from pneumollm.analysis.collect import AggregationError, collect_runs, split_complete
 from pneumollm.analysis.report import TableReport, aggregate_table
 from pneumollm.analysis.summary import summarise_arm, summary_rows, write_summary
 from pneumollm.analysis.tables import COLUMNS
@@ -39,15 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 160)
     try:
         arms = collect_runs(args.experiment_dir)
-        problems = {name: check_complete(arm, args.num_folds) for name, arm in arms.items()}
-        incomplete = {name: p for name, p in problems.items() if p}
-        if incomplete and not args.partial:
-            listing = "\n".join(f"  - {p}" for ps in incomplete.values() for p in ps)
-            raise AggregationError(f"cannot summarise {args.experiment_dir}:\n{listing}\n"
-                                   "Rerun the missing jobs (completed ones are skipped) or pass --partial.")
-        complete = [summarise_arm(arms[name]) for name in arms if name not in incomplete]
-        if not complete:
-            raise AggregationError(f"{args.experiment_dir}: no arm has all {args.num_folds} folds")
+        complete_arms, incomplete = split_complete(arms, args.num_folds, args.partial, args.experiment_dir)
+        complete = [summarise_arm(arm) for arm in complete_arms.values()]
     except AggregationError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         return 2
@@ -67,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report = aggregate_table(args.experiment_dir, out_dir, args.table, reference=args.reference,
                                      num_folds=args.num_folds, partial=args.partial, n_boot=args.bootstrap,
-                                     use_wandb=not args.no_wandb)
+                                     use_wandb=not args.no_wandb, arms=arms)
         except AggregationError as err:
             console.print(f"[red]error:[/red] {err}", highlight=False)
             return 2
