@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from pneumollm.models.components.adapters import AdapterSite
+from pneumollm.models.components.adapters import AdapterSite, attention_sites
 from pneumollm.models.components.frozen import freeze, resolve_dtype
 from pneumollm.models.components.llm import LLAMA_ARCHITECTURES
 from pneumollm.models.components.pretrained import load_or_build, load_pretrained
@@ -191,8 +191,7 @@ class FrozenAnswerLM(nn.Module):
 
     def attention_sites(self) -> Iterator[AdapterSite]:
         """The normalised input of every decoder layer's self-attention, feeding q, k and v (adapter sites)."""
-        for layer in self.lm.get_decoder().layers:
-            yield AdapterSite(layer, "input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))
+        return attention_sites(self.lm.get_decoder().layers, "input_layernorm")
 
     def sequence(self, slots: Mapping[str, torch.Tensor], prefix: torch.Tensor | None = None) -> torch.Tensor:
         """The LM's ``inputs_embeds`` [B, T, hidden] in the frozen dtype: prefix, then the filled template."""

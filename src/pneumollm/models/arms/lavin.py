@@ -13,7 +13,7 @@ RepAdapter of PneumoLLM, ``none`` trains the neck only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -112,13 +112,6 @@ def attach_routed_adapters(sites: Iterable[AdapterSite], dim: int, spec: LavinAd
                                                            spec.temperature))
 
 
-def clip_attention_sites(clip_vision: nn.Module) -> Iterator[AdapterSite]:
-    """The normalised input of every CLIP vision block's self-attention (``layer_norm1``, feeding q, k, v)."""
-    tower = getattr(clip_vision, "vision_model", clip_vision)  # transformers 4.x nests the tower, 5.x does not
-    for layer in tower.encoder.layers:
-        yield AdapterSite(layer, "layer_norm1", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))
-
-
 class LaVIN(ImageClassifier):
     """LaVIN-style question answering on a film; see the module docstring for the data flow.
 
@@ -156,7 +149,7 @@ class LaVIN(ImageClassifier):
         width = self.answer_lm.hidden_size
         self.neck = Neck(self.encoder.width, width, hidden=neck_dim)
         if self.adapter_spec.kind == "router":
-            attach_routed_adapters(clip_attention_sites(self.encoder.model), self.encoder.width, self.adapter_spec)
+            attach_routed_adapters(self.encoder.adapter_sites(), self.encoder.width, self.adapter_spec)
             attach_routed_adapters(self.answer_lm.attention_sites(), width, self.adapter_spec)
         elif plain:
             attach_repadapters(self.answer_lm.attention_sites(), width, self.adapter_spec.repadapter())

@@ -8,7 +8,7 @@ input and puts the bare norm back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -148,6 +148,16 @@ class AdapterSite:
     targets: tuple[str, ...]
 
 
+HF_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # transformers' CLIP and Llama layers
+
+
+def attention_sites(layers: Iterable[nn.Module], norm: str,
+                    targets: tuple[str, ...] = HF_QKV) -> Iterator[AdapterSite]:
+    """The adapter site of every layer: its ``norm`` before self-attention, feeding the q/k/v ``targets``."""
+    for layer in layers:
+        yield AdapterSite(layer, norm, targets)
+
+
 def attach_adapters(sites: Iterable[AdapterSite], make_adapter: Callable[[], nn.Module]) -> int:
     """Wrap every site's norm in ``AdaptedNorm`` with a fresh fp32 adapter from ``make_adapter``; returns how many."""
     count = 0
@@ -192,6 +202,9 @@ def fold_repadapters(sites: Iterable[AdapterSite]) -> int:
         wrapped = site.block.get_submodule(site.norm)
         if not isinstance(wrapped, AdaptedNorm):
             continue
+        if not isinstance(wrapped.adapter, RepAdapter):
+            raise TypeError(f"{site.norm}: a {type(wrapped.adapter).__name__} depends on its input and cannot be "
+                            "folded into the linear layers; only RepAdapters fold")
         matrix, offset = wrapped.adapter.affine()
         for target in site.targets:
             linear = site.block.get_submodule(target)

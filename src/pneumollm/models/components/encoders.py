@@ -20,6 +20,7 @@ from pneumollm.models.components.adapters import (
     AdapterSite,
     AdapterSpec,
     attach_repadapters,
+    attention_sites,
     fold_repadapters,
 )
 from pneumollm.models.components.frozen import freeze, resolve_dtype, seeded
@@ -100,15 +101,15 @@ class ClipVisionEncoder(VisionEncoder):
         self.normalize = InputNormalizer(normalization, channels=config.num_channels)
         self.adapter_spec = AdapterSpec.parse(adapter, allowed=("repadapter", "none"))
         if self.adapter_spec.enabled:
-            attach_repadapters(self._adapter_sites(), self.width, self.adapter_spec)
+            attach_repadapters(self.adapter_sites(), self.width, self.adapter_spec)
 
     def _tower(self) -> nn.Module:
         # transformers 5 puts the embeddings and encoder on CLIPVisionModel itself, 4.x under .vision_model
         return getattr(self.model, "vision_model", self.model)
 
-    def _adapter_sites(self) -> Iterator[AdapterSite]:
-        for layer in self._tower().encoder.layers:
-            yield AdapterSite(layer, "layer_norm1", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))
+    def adapter_sites(self) -> Iterator[AdapterSite]:
+        """Where adapters go: each block's ``layer_norm1``, which feeds q, k and v."""
+        return attention_sites(self._tower().encoder.layers, "layer_norm1")
 
     @property
     def frozen_dtype(self) -> torch.dtype:
@@ -121,7 +122,7 @@ class ClipVisionEncoder(VisionEncoder):
         return torch.stack([states[i][:, 0] for i in self.block_indices], dim=1).float()
 
     def fold_adapters(self) -> int:
-        return fold_repadapters(self._adapter_sites())
+        return fold_repadapters(self.adapter_sites())
 
 
 class _TimmWeights:
@@ -196,11 +197,11 @@ class TimmViTEncoder(VisionEncoder):
         self.normalize = InputNormalizer(normalization, channels=model.patch_embed.proj.in_channels)
         self.adapter_spec = AdapterSpec.parse(adapter, allowed=("repadapter", "none"))
         if self.adapter_spec.enabled:
-            attach_repadapters(self._adapter_sites(), self.width, self.adapter_spec)
+            attach_repadapters(self.adapter_sites(), self.width, self.adapter_spec)
 
-    def _adapter_sites(self) -> Iterator[AdapterSite]:
-        for block in self.model.blocks:
-            yield AdapterSite(block, "norm1", ("attn.qkv",))
+    def adapter_sites(self) -> Iterator[AdapterSite]:
+        """Where adapters go: each block's ``norm1``, which feeds the fused qkv projection."""
+        return attention_sites(self.model.blocks, "norm1", ("attn.qkv",))
 
     @property
     def frozen_dtype(self) -> torch.dtype:
@@ -216,7 +217,7 @@ class TimmViTEncoder(VisionEncoder):
         return torch.stack([prefix[:, 0] for prefix in out["image_intermediates_prefix"]], dim=1).float()
 
     def fold_adapters(self) -> int:
-        return fold_repadapters(self._adapter_sites())
+        return fold_repadapters(self.adapter_sites())
 
 
 class ConvStemEncoder(VisionEncoder):

@@ -14,6 +14,7 @@ from pneumollm.models.components.adapters import (
     AdapterSpec,
     attach_lora,
     attach_repadapters,
+    attention_sites,
     fold_repadapters,
     merge_lora,
 )
@@ -99,7 +100,7 @@ class LlamaTrunk(LanguageTrunk):
         self.hidden_size = model.config.hidden_size
         self.adapter_spec = AdapterSpec.parse(adapter)
         if self.adapter_spec.kind == "repadapter":
-            attach_repadapters(self._adapter_sites(), self.hidden_size, self.adapter_spec)
+            attach_repadapters(self.adapter_sites(), self.hidden_size, self.adapter_spec)
         elif self.adapter_spec.kind == "lora":
             attach_lora(self.model, self.adapter_spec)
 
@@ -112,9 +113,9 @@ class LlamaTrunk(LanguageTrunk):
     def attn_implementation(self) -> str:
         return self.model.config._attn_implementation
 
-    def _adapter_sites(self) -> Iterator[AdapterSite]:
-        for layer in self.model.layers:
-            yield AdapterSite(layer, "input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))
+    def adapter_sites(self) -> Iterator[AdapterSite]:
+        """Where adapters go: each decoder layer's ``input_layernorm``, which feeds q, k and v."""
+        return attention_sites(self.model.layers, "input_layernorm")
 
     def mask_dtype(self, device: torch.device) -> torch.dtype:
         return autocast_dtype_or(device, self.frozen_dtype)
@@ -128,7 +129,7 @@ class LlamaTrunk(LanguageTrunk):
     def fold_adapters(self) -> int:
         if self.adapter_spec.kind == "lora":
             return merge_lora(self.model)
-        return fold_repadapters(self._adapter_sites())
+        return fold_repadapters(self.adapter_sites())
 
 
 class NoTrunk(LanguageTrunk):
