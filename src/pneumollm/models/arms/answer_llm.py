@@ -22,7 +22,6 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from pneumollm.models.components.adapters import AdapterSite, attention_sites
-from pneumollm.models.components.frozen import freeze, resolve_dtype
 from pneumollm.models.components.llm import LLAMA_ARCHITECTURES
 from pneumollm.models.components.pretrained import load_or_build, load_pretrained
 
@@ -50,13 +49,12 @@ def build_causal_lm(
     ``load_pretrained``; ``pretrained: false`` builds ``architecture`` (``llama7b`` or ``tiny``) randomly
     initialised from ``init_seed``, changed by ``config_overrides``.
     """
-    dtype = resolve_dtype(frozen_dtype)
     model = load_or_build(LlamaForCausalLM, LlamaConfig, LLAMA_ARCHITECTURES, pretrained=pretrained,
                           name_or_path=name_or_path, architecture=architecture, config_overrides=config_overrides,
-                          dtype=dtype, attn_implementation=attn_implementation, init_seed=init_seed,
+                          frozen_dtype=frozen_dtype, attn_implementation=attn_implementation, init_seed=init_seed,
                           loader=AutoModelForCausalLM)
     _check_causal_lm(model, str(name_or_path if pretrained else architecture))
-    return freeze(model)
+    return model
 
 
 def load_tokenizer(source: TokenizerSource) -> PreTrainedTokenizerBase:

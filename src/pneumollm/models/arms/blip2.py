@@ -26,7 +26,6 @@ from pneumollm.models.arms.answer_llm import (
 )
 from pneumollm.models.base import ImageClassifier, InputNormalizer
 from pneumollm.models.components.encoders import CLIP_ARCHITECTURES
-from pneumollm.models.components.frozen import freeze, resolve_dtype
 from pneumollm.models.components.pretrained import load_or_build
 
 BLIP2_TEMPLATE = "{image}{bos}Question: {question} Answer:"
@@ -63,10 +62,9 @@ class FrozenClipFeatures(nn.Module):
         init_seed: int | None = 0,
     ) -> None:
         super().__init__()
-        dtype = resolve_dtype(frozen_dtype)
         model = load_or_build(CLIPVisionModel, CLIPVisionConfig, CLIP_ARCHITECTURES, pretrained=pretrained,
                               name_or_path=name_or_path, architecture=architecture,
-                              config_overrides=config_overrides, dtype=dtype,
+                              config_overrides=config_overrides, frozen_dtype=frozen_dtype,
                               attn_implementation=attn_implementation, init_seed=init_seed)
         tower = getattr(model, "vision_model", model)  # transformers 4.x nests the tower, 5.x does not
         num_blocks = len(tower.encoder.layers)
@@ -76,7 +74,7 @@ class FrozenClipFeatures(nn.Module):
                              f"-{num_blocks}..-1)")
         tower.encoder.layers = tower.encoder.layers[:kept]
         self.num_blocks = kept
-        self.model = freeze(model)
+        self.model = model
         self.width = model.config.hidden_size
         self.normalize = InputNormalizer(normalization, channels=model.config.num_channels)
 

@@ -88,12 +88,11 @@ class ClipVisionEncoder(VisionEncoder):
         init_seed: int | None = 0,
     ) -> None:
         super().__init__()
-        dtype = resolve_dtype(frozen_dtype)
         model = load_or_build(CLIPVisionModel, CLIPVisionConfig, CLIP_ARCHITECTURES, pretrained=pretrained,
                               name_or_path=name_or_path, architecture=architecture,
-                              config_overrides=config_overrides, dtype=dtype,
+                              config_overrides=config_overrides, frozen_dtype=frozen_dtype,
                               attn_implementation=attn_implementation, init_seed=init_seed)
-        self.model = freeze(model)
+        self.model = model
         config = model.config
         self.width = config.hidden_size
         self.block_indices = multiscale_indices(config.num_hidden_layers, multiscale)

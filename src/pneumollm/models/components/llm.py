@@ -18,7 +18,7 @@ from pneumollm.models.components.adapters import (
     fold_repadapters,
     merge_lora,
 )
-from pneumollm.models.components.frozen import autocast_dtype_or, freeze, resolve_dtype
+from pneumollm.models.components.frozen import autocast_dtype_or
 from pneumollm.models.components.pretrained import load_or_build
 from pneumollm.models.tiny import TINY_LLAMA
 
@@ -86,17 +86,16 @@ class LlamaTrunk(LanguageTrunk):
         init_seed: int | None = 0,
     ) -> None:
         super().__init__()
-        dtype = resolve_dtype(frozen_dtype)
         model = load_or_build(LlamaModel, LlamaConfig, LLAMA_ARCHITECTURES, pretrained=pretrained,
                               name_or_path=name_or_path, architecture=architecture,
-                              config_overrides=config_overrides, dtype=dtype,
+                              config_overrides=config_overrides, frozen_dtype=frozen_dtype,
                               attn_implementation=attn_implementation, init_seed=init_seed, loader=AutoModel)
         if pretrained:
             _check_decoder_layout(model, name_or_path)
         if not keep_token_embeddings and getattr(model, "embed_tokens", None) is not None:
             self.excluded_parameter_count = model.embed_tokens.weight.numel()
             model.embed_tokens = None
-        self.model = freeze(model)
+        self.model = model
         self.hidden_size = model.config.hidden_size
         self.adapter_spec = AdapterSpec.parse(adapter)
         if self.adapter_spec.kind == "repadapter":

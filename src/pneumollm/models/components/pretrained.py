@@ -60,29 +60,31 @@ def load_or_build(
     name_or_path: str | os.PathLike[str] | None,
     architecture: str,
     config_overrides: dict[str, Any] | None,
-    dtype: Any,
+    frozen_dtype: Any,
     attn_implementation: str,
     init_seed: int | None,
     loader: Any = None,
 ) -> Any:
-    """Pretrained weights from ``name_or_path`` (through ``load_pretrained``), or ``architecture`` built at random.
+    """A frozen backbone: pretrained weights from ``name_or_path`` (through ``load_pretrained``), or
+    ``architecture`` built at random, in ``frozen_dtype`` (see ``resolve_dtype``) with gradients off.
 
     ``pretrained: false`` builds ``config_class(**architectures[architecture], **config_overrides)`` with
     ``model_class._from_config`` under a fixed ``init_seed``, so random stand-ins are the same in every run.
     ``loader`` is the class used for ``from_pretrained`` when it differs from ``model_class`` (e.g. AutoModel).
     """
-    from pneumollm.models.components.frozen import seeded
+    from pneumollm.models.components.frozen import freeze, resolve_dtype, seeded
 
+    dtype = resolve_dtype(frozen_dtype)
     if pretrained:
         if config_overrides:
             raise ValueError("config_overrides only apply to pretrained: false builds")
         if name_or_path is None:
             raise ValueError("pretrained: true needs name_or_path (a hub id or a local folder)")
-        return load_pretrained(loader or model_class, name_or_path, dtype=dtype,
-                               attn_implementation=attn_implementation)
+        return freeze(load_pretrained(loader or model_class, name_or_path, dtype=dtype,
+                                      attn_implementation=attn_implementation))
     if architecture not in architectures:
         raise ValueError(f"unknown {config_class.__name__} architecture {architecture!r}; "
                          f"choose one of {sorted(architectures)}")
     config = config_class(**{**architectures[architecture], **dict(config_overrides or {})})
     with seeded(init_seed):
-        return model_class._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        return freeze(model_class._from_config(config, dtype=dtype, attn_implementation=attn_implementation))
