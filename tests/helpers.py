@@ -91,3 +91,14 @@ class CrashAtEpoch:
                     raise RuntimeError(f"simulated interruption at epoch {epoch}")
 
         return _Crash()
+
+
+def build_model_config(name: str, size: str = "tiny"):
+    """Instantiate ``conf/model/<name>.yaml`` at ``size`` (its ``by_size`` entry), as the training app does."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from pneumollm.paths import conf_dir
+
+    cfg = OmegaConf.create({"size_name": size, "model": OmegaConf.load(conf_dir() / "model" / f"{name}.yaml")})
+    return instantiate(cfg.model)

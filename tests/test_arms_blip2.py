@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from pneumollm.models.arm_param_count import build_full_on_meta
@@ -18,6 +16,7 @@ from pneumollm.models.base import InputNormalizer
 from pneumollm.models.components.pretrained import WeightsNotFoundError
 from pneumollm.models.tiny import TINY_CLIP_VISION
 from pneumollm.models.tiny_text import build_tiny_llama_tokenizer
+from tests.helpers import build_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VISION = {"pretrained": False, "architecture": "tiny", "feature_layer": -2, "frozen_dtype": "float32"}
@@ -29,15 +28,7 @@ FULL_TRAINABLE = 101_598_720 + 32 * 768 + (768 * 4096 + 4096) + 2 * 1024
 FULL_FROZEN = 290_583_552 + 6_738_415_616  # CLIP ViT-L/14 vision tower without its last block + LLaMA-7B
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _tiny_cache_one_thread(tmp_path_factory: pytest.TempPathFactory):
-    # One thread: tiny matmuls on the shared 2-core machine run far faster without thread contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PNEUMOLLM_TINY_DIR", str(tmp_path_factory.mktemp("tiny")))
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_cache_one_thread")  # tests/conftest.py
 
 
 @pytest.fixture
@@ -46,8 +37,7 @@ def images() -> torch.Tensor:
 
 
 def tiny_yaml_model() -> BLIP2:
-    cfg = OmegaConf.create({"size_name": "tiny", "model": OmegaConf.load(ROOT / "conf" / "model" / "blip2.yaml")})
-    return instantiate(cfg.model)
+    return build_model_config("blip2")
 
 
 def tiny(**kwargs) -> BLIP2:

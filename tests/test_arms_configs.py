@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from pneumollm.models.base import ImageClassifier
+from tests.helpers import build_model_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 
@@ -30,16 +30,11 @@ TRAINABLE = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _tiny_cache(tmp_path_factory: pytest.TempPathFactory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PNEUMOLLM_TINY_DIR", str(tmp_path_factory.mktemp("tiny")))
-        yield
+pytestmark = pytest.mark.usefixtures("tiny_cache_one_thread")  # tests/conftest.py
 
 
 def build_arm(arm: str, size: str = "tiny") -> ImageClassifier:
-    cfg = OmegaConf.create({"size_name": size, "model": OmegaConf.load(CONFIG_DIR / f"{arm}.yaml")})
-    return instantiate(cfg.model)
+    return build_model_config(arm, size)
 
 
 def train_one_step(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor) -> None:

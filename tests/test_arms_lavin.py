@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from pneumollm.models.arm_param_count import build_full_on_meta
 from pneumollm.models.arms.answer_llm import FrozenAnswerLM, answer_token_ids, build_causal_lm
@@ -17,6 +15,7 @@ from pneumollm.models.arms.lavin import LaVIN, RoutedRepAdapter
 from pneumollm.models.components.encoders import ClipVisionEncoder
 from pneumollm.models.components.pretrained import WeightsNotFoundError
 from pneumollm.models.tiny_text import build_tiny_llama_tokenizer
+from tests.helpers import build_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VISION = {"pretrained": False, "architecture": "tiny", "multiscale": 1, "frozen_dtype": "float32"}
@@ -26,15 +25,7 @@ FULL_TRAINABLE = 24 * 20_490 + 32 * 81_930 + 659_584
 FULL_FROZEN = 303_179_776 + 6_738_415_616  # CLIP ViT-L/14 vision tower + LLaMA-7B with its LM head
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _tiny_cache_one_thread(tmp_path_factory: pytest.TempPathFactory):
-    # One thread: tiny matmuls on the shared 2-core machine run far faster without thread contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PNEUMOLLM_TINY_DIR", str(tmp_path_factory.mktemp("tiny")))
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_cache_one_thread")  # tests/conftest.py
 
 
 @pytest.fixture
@@ -43,8 +34,7 @@ def images() -> torch.Tensor:
 
 
 def tiny_yaml_model() -> LaVIN:
-    cfg = OmegaConf.create({"size_name": "tiny", "model": OmegaConf.load(ROOT / "conf" / "model" / "lavin.yaml")})
-    return instantiate(cfg.model)
+    return build_model_config("lavin")
 
 
 def tiny(**kwargs) -> LaVIN:
