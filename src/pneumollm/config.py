@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pneumollm.models.sizing import SIZES
+
 
 def data_slug(path: str) -> str:
     """A readable, unique folder name for a cohort file: its stem plus a hash of its absolute path."""
@@ -20,8 +22,8 @@ def data_slug(path: str) -> str:
 def sized(full: Any, tiny: Any, *, _root_: DictConfig) -> Any:
     """``${sized:<full value>,<tiny value>}``: pick a value by the run's ``size_name`` (tiny or full)."""
     size = _root_.get("size_name", "tiny")
-    if size not in ("tiny", "full"):
-        raise ValueError(f"size_name must be tiny or full, got {size!r}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size_name {size!r}; choose one of {SIZES}")
     value = full if size == "full" else tiny
     return OmegaConf.create(value) if isinstance(value, dict | list) else value
 
