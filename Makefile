@@ -37,13 +37,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	@touch $(STAMP)
 
+# A sweep whose jobs failed still gets its table of the finished arms; make then exits with the sweep's status.
 demo: install
-	$(BIN)/pneumollm-train --config-dir experiments --config-name demo -m
-	$(BIN)/pneumollm-aggregate $(OUT)/demo --num-folds 5
+	status=0; $(BIN)/pneumollm-train --config-dir experiments --config-name demo -m || status=$$?; \
+	$(BIN)/pneumollm-aggregate $(OUT)/demo --num-folds 5 || status=$$?; exit $$status
 
 $(TABLES): install
-	$(BIN)/pneumollm-train --config-dir experiments --config-name $@ -m size=$(SIZE) paths.results_dir=$(RESULTS) $(DATA_ARGS) $(ARGS)
-	$(BIN)/pneumollm-aggregate $(RESULTS)/$@/runs --table $@ --partial
+	status=0; $(BIN)/pneumollm-train --config-dir experiments --config-name $@ -m size=$(SIZE) \
+	    paths.results_dir=$(RESULTS) $(DATA_ARGS) $(ARGS) || status=$$?; \
+	$(BIN)/pneumollm-aggregate $(RESULTS)/$@ --table $@ --partial || status=$$?; exit $$status
 
 paper: $(TABLES)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -91,6 +92,45 @@ class CrashAtEpoch:
                     raise RuntimeError(f"simulated interruption at epoch {epoch}")
 
         return _Crash()
+
+
+@contextlib.contextmanager
+def crash_at_epoch(epoch: int):
+    """Within the block, fold runs get an extra callback that raises when ``epoch`` starts (an interrupted run).
+
+    Injected around the config rather than through it, so the interrupted run has the same config hash as
+    the rerun that resumes it.
+    """
+    from pneumollm.training import run
+
+    original = run._instantiate_dict
+
+    def with_crash(node):
+        callbacks = original(node)
+        if node is not None and "checkpoint" in node:
+            callbacks["crash"] = CrashAtEpoch(epoch)
+        return callbacks
+
+    run._instantiate_dict = with_crash
+    try:
+        yield
+    finally:
+        run._instantiate_dict = original
+
+
+class SlowEpochs:
+    """A Lightning callback that sleeps at the start of every epoch (time to kill a run between checkpoints)."""
+
+    def __new__(cls, seconds: float):
+        import time
+
+        import lightning as L
+
+        class _Slow(L.Callback):
+            def on_train_epoch_start(self, trainer, pl_module) -> None:
+                time.sleep(seconds)
+
+        return _Slow()
 
 
 def build_model_config(name: str, size: str = "tiny"):

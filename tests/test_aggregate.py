@@ -8,22 +8,29 @@ from pathlib import Path
 
 import pytest
 
-from pneumollm.analysis.collect import check_complete, collect_runs
+from pneumollm.analysis.collect import AggregationError, check_complete, collect_runs, find_studies
 from pneumollm.analysis.summary import pooled_auc, summarise_arm
 from pneumollm.cli.aggregate import main as aggregate_main
 
 AVG = {0: 70.0, 1: 80.0, 2: 90.0}
 
 
-def _fake_run(root: Path, arm: str, fold: int, preds: list[tuple[str, str, int, float]]) -> None:
+def _fake_run(root: Path, arm: str, fold: int, preds: list[tuple[str, str, int, float]],
+              cohort: dict | None = None) -> Path:
+    """A finished run folder as the fold runner leaves it (job.json and metrics.json of one config hash)."""
     run = root / arm / f"fold{fold}"
     run.mkdir(parents=True)
     metrics = {f"test/{m}": AVG[fold] for m in ("sensitivity", "specificity", "accuracy", "auc", "avg")}
-    (run / "metrics.json").write_text(json.dumps({**metrics, "fold": fold, "arm": arm, "trainable_params": 10}))
+    chash = f"hash-{arm}-{fold}"
+    cohort = cohort or {"films": "F1", "folds": "K1"}
+    (run / "job.json").write_text(json.dumps({"config_hash": chash}))
+    (run / "metrics.json").write_text(json.dumps({**metrics, "fold": fold, "arm": arm, "trainable_params": 10,
+                                                  "config_hash": chash, "cohort": cohort}))
     with (run / "predictions.csv").open("w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(["image_id", "patient_id", "fold", "label", "prob"])
         out.writerows([(img, pat, fold, label, prob) for img, pat, label, prob in preds])
+    return run
 
 
 def _three_folds(root: Path) -> None:
@@ -71,4 +78,63 @@ def test_failed_folds_are_named(tmp_path: Path) -> None:
     failed.mkdir()
     (failed / "failed.json").write_text(json.dumps({"arm": "arm", "fold": 3, "error": "RuntimeError: boom"}))
     problems = check_complete(collect_runs(tmp_path)["arm"], num_folds=4)
-    assert problems == ["arm 'arm' fold 3 is missing (failed: RuntimeError: boom)"]
+    assert problems == [f"arm 'arm' fold 3 is missing (failed: RuntimeError: boom ({failed}))"]
+
+
+def test_runs_of_different_cohorts_in_one_study_are_refused_naming_them(tmp_path: Path) -> None:
+    _three_folds(tmp_path)
+    _fake_run(tmp_path, "other", 0, [("x", "X", 1, 0.9)], cohort={"films": "F2", "folds": "K1"})
+    with pytest.raises(AggregationError, match=r"different cohorts or folds") as refused:
+        collect_runs(tmp_path)
+    assert "other/fold0" in str(refused.value) and "arm/fold0" in str(refused.value)
+
+
+def test_runs_of_different_folds_files_are_refused(tmp_path: Path) -> None:
+    _fake_run(tmp_path, "arm", 0, [("a", "A", 1, 0.9)])
+    _fake_run(tmp_path, "arm", 1, [("b", "B", 0, 0.1)], cohort={"films": "F1", "folds": "K2"})
+    with pytest.raises(AggregationError, match="arm/fold1"):
+        collect_runs(tmp_path)
+
+
+def test_debug_runs_and_set_aside_outputs_never_count(tmp_path: Path) -> None:
+    _three_folds(tmp_path)
+    debug = _fake_run(tmp_path, "debugged", 0, [("z", "Z", 1, 0.5)])
+    info = json.loads((debug / "metrics.json").read_text())
+    (debug / "metrics.json").write_text(json.dumps({**info, "debug": "fdr"}))
+    old = tmp_path / "arm" / "fold0" / ".superseded" / "abc-1"
+    old.mkdir(parents=True)
+    (old / "metrics.json").write_text((tmp_path / "arm" / "fold0" / "metrics.json").read_text())
+    arms = collect_runs(tmp_path)
+    assert set(arms) == {"arm"} and sorted(arms["arm"].folds) == [0, 1, 2]
+
+
+def test_a_folder_of_studies_is_aggregated_study_by_study(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for cohort in ("demo", "mine-1234abcd"):
+        _three_folds(tmp_path / "table6" / cohort / "runs")
+    assert [p.name for p in find_studies(tmp_path / "table6")] == ["demo", "mine-1234abcd"]
+    assert aggregate_main([str(tmp_path / "table6"), "--num-folds", "3"]) == 0
+    for cohort in ("demo", "mine-1234abcd"):
+        assert (tmp_path / "table6" / cohort / "summary.md").is_file()
+
+
+def test_a_failed_aggregation_leaves_the_previous_outputs_whole(tmp_path: Path, monkeypatch) -> None:
+    from pneumollm.analysis import report
+
+    _three_folds(tmp_path)
+    assert aggregate_main([str(tmp_path), "--num-folds", "3", "--table", "table6", "--no-wandb",
+                           "--bootstrap", "50"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert {"summary.md", "summary.csv", "table.md", "table.csv", "roc.png"} <= set(before)
+    _fake_run(tmp_path, "second", 0, [("g", "G", 1, 0.9), ("h", "H", 0, 0.1)])
+    _fake_run(tmp_path, "second", 1, [("i", "I", 1, 0.8), ("j", "J", 0, 0.2)])
+    _fake_run(tmp_path, "second", 2, [("k", "K", 1, 0.7), ("l", "L", 0, 0.3)])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(report, "plot_roc", broken)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        aggregate_main([str(tmp_path), "--num-folds", "3", "--table", "table6", "--no-wandb", "--bootstrap", "50"])
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # the summary written before the failing figure was not put in place
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]

@@ -87,3 +87,44 @@ def test_dicom_folder_labels_by_sop_instance_uid(tmp_path: Path) -> None:
     listing = read_dicom_folder(folder, labels)
     assert [(r.image_id, r.label, r.patient_id) for r in listing.records] == [("a/f2.dcm", 1, "P77")]
     assert len(listing.skipped) == 2
+
+
+@pytest.mark.parametrize("second", ["a/f0.dcm", "dicoms/a/f0.dcm"])  # the same name, or the same file via the CSV
+def test_dicom_folder_two_label_rows_for_one_file_are_an_error(tmp_path: Path, second: str) -> None:
+    folder = _dicom_folder(tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"file,label\na/f0.dcm,pneumoconiosis\na/f1.dcm,normal\n{second},normal\n")
+    with pytest.raises(CohortError) as info:
+        read_dicom_folder(folder, labels)
+    message = str(info.value)
+    assert message.startswith(f"{labels} row 4: ") and "row 2" in message
+    assert str(folder / "a" / "f0.dcm") in message
+
+
+def test_dicom_folder_two_label_rows_for_one_sop_instance_uid_are_an_error(tmp_path: Path) -> None:
+    import pydicom
+
+    folder = _dicom_folder(tmp_path)
+    uid = pydicom.dcmread(folder / "a" / "f2.dcm", stop_before_pixels=True).SOPInstanceUID
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"sop_instance_uid,label\n{uid},pneumoconiosis\n1.2.3,normal\n{uid},normal\n")
+    with pytest.raises(CohortError) as info:
+        read_dicom_folder(folder, labels)
+    message = str(info.value)
+    assert message.startswith(f"{labels} row 4: ") and "row 2" in message and uid in message
+
+
+def test_dicom_folder_empty_and_non_dicom_files_are_named_as_such(tmp_path: Path) -> None:
+    folder = _dicom_folder(tmp_path)
+    (folder / "a" / "empty.dcm").write_bytes(b"")  # scanned (DICOM suffix), no label row
+    (folder / "a" / "blank").write_bytes(b"")  # named in the labels CSV
+    (folder / "a" / "scan.bin").write_bytes(b"\x00" * 300)  # named in the labels CSV, no DICM marker
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\na/f0.dcm,1\na/f1.dcm,0\na/f2.dcm,0\na/blank,1\na/scan.bin,0\nnone.dcm,1\n")
+    listing = read_dicom_folder(folder, labels)
+    reasons = {s.image_id: s.reason for s in listing.skipped}
+    assert reasons["a/empty.dcm"] == "file is empty (0 bytes)"
+    assert reasons["a/blank"] == "labels row 5: a/blank is empty (0 bytes)"
+    assert reasons["a/scan.bin"] == "labels row 6: a/scan.bin is not a DICOM file (no DICM marker)"
+    assert reasons["none.dcm"] == f"labels row 7: no matching DICOM file in {folder}"
+    assert len(listing.records) == 3

@@ -142,3 +142,45 @@ def test_local_default_and_slurm_launcher_compose(tmp_path: Path) -> None:
 def test_prepare_config_composes(tmp_path: Path) -> None:
     cfg = compose_train([f"paths.root_dir={tmp_path}", "qc=true"], run_dir=tmp_path, config_name="prepare")
     assert cfg.qc is True and cfg.data.source.kind == "demo"
+
+
+def _output_dirs(tmp_path: Path, *overrides: str, config_name: str = "train",
+                 config_dir: Path | None = None) -> tuple[str, str]:
+    """(single-run folder, sweep folder) the Hydra app would use for these overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    extra = [f"hydra.searchpath=[file://{CONF}]"] if config_dir else []
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir or CONF)):
+        cfg = compose(config_name, overrides=[f"paths.root_dir={tmp_path}", *extra, *overrides],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    GlobalHydra.instance().clear()
+    return str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
+
+
+def test_output_folders_name_the_cohort_so_cohorts_never_mix(tmp_path: Path) -> None:
+    run_dir, sweep_dir = _output_dirs(tmp_path)
+    assert run_dir == f"{tmp_path}/outputs/default/demo/pneumollm/fold0"
+    assert sweep_dir == f"{tmp_path}/outputs/default/demo"
+    mine, _ = _output_dirs(tmp_path, "data=manifest", "data.source.manifest=/data/site a/manifest.csv")
+    other, _ = _output_dirs(tmp_path, "data=manifest", "data.source.manifest=/data/site b/manifest.csv")
+    assert mine.startswith(f"{tmp_path}/outputs/default/manifest-") and mine != other and "demo" not in mine
+
+
+def test_debug_runs_write_into_their_own_folder(tmp_path: Path) -> None:
+    for choice in _choices("debug"):
+        run_dir, sweep_dir = _output_dirs(tmp_path, f"debug={choice}")
+        assert run_dir == f"{tmp_path}/outputs/debug/{choice}/default/demo/pneumollm/fold0"
+        assert sweep_dir.startswith(f"{tmp_path}/outputs/debug/{choice}/")
+
+
+def test_paper_sweeps_keep_each_cohort_apart(tmp_path: Path) -> None:
+    from pneumollm.paths import experiments_dir
+
+    _, sweep_dir = _output_dirs(tmp_path, config_name="table6", config_dir=experiments_dir())
+    assert sweep_dir == f"{tmp_path}/results/table6/demo/runs"
+    _, debug_dir = _output_dirs(tmp_path, "debug=fdr", config_name="table6", config_dir=experiments_dir())
+    assert debug_dir == f"{tmp_path}/results/debug/fdr/table6/demo/runs"

@@ -15,6 +15,8 @@ from pneumollm.data.lungs.base import NoSegmenter
 from pneumollm.data.preprocess import PreprocessSettings, prepare_cohort, read_cohort_index
 from tests.helpers import make_toy_manifest
 
+TOY_SIZE = 64  # the smallest film the default settings accept (PreprocessSettings.min_size)
+
 
 def _prepare(manifest: Path, out: Path, **settings):
     return prepare_cohort(read_manifest(manifest), out, PreprocessSettings(image_size=32, lungs={"name": "none"},
@@ -23,7 +25,7 @@ def _prepare(manifest: Path, out: Path, **settings):
 
 
 def test_films_are_resized_and_indexed(tmp_path: Path) -> None:
-    cohort = _prepare(make_toy_manifest(tmp_path / "c", n_patients=6), tmp_path / "prep")
+    cohort = _prepare(make_toy_manifest(tmp_path / "c", n_patients=6, size=TOY_SIZE), tmp_path / "prep")
     films = read_cohort_index(cohort.folder)
     assert len(films) == 6 and cohort.decoded == 6
     with Image.open(cohort.folder / films[0].file) as img:
@@ -31,7 +33,7 @@ def test_films_are_resized_and_indexed(tmp_path: Path) -> None:
 
 
 def test_second_run_hits_the_cache_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    manifest = make_toy_manifest(tmp_path / "c", n_patients=6)
+    manifest = make_toy_manifest(tmp_path / "c", n_patients=6, size=TOY_SIZE)
     first = _prepare(manifest, tmp_path / "prep")
 
     def no_decoding(*args, **kwargs):
@@ -46,7 +48,7 @@ def test_second_run_hits_the_cache_without_decoding(tmp_path: Path, monkeypatch:
 
 
 def test_a_corrupt_file_is_skipped_reported_and_counted(tmp_path: Path) -> None:
-    manifest = make_toy_manifest(tmp_path / "c", n_patients=6)
+    manifest = make_toy_manifest(tmp_path / "c", n_patients=6, size=TOY_SIZE)
     (tmp_path / "c/films/p003_0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     cohort = _prepare(manifest, tmp_path / "prep")
     assert len(cohort.films) == 5
@@ -58,7 +60,7 @@ def test_a_corrupt_file_is_skipped_reported_and_counted(tmp_path: Path) -> None:
 
 
 def test_identical_films_under_two_names_are_not_both_used(tmp_path: Path) -> None:
-    manifest = make_toy_manifest(tmp_path / "c", n_patients=4)
+    manifest = make_toy_manifest(tmp_path / "c", n_patients=4, size=TOY_SIZE)
     (tmp_path / "c/films/copy.png").write_bytes((tmp_path / "c/films/p000_0.png").read_bytes())
     manifest.write_text(manifest.read_text() + "films/copy.png,P999,pneumoconiosis\n")
     cohort = _prepare(manifest, tmp_path / "prep")
@@ -66,7 +68,7 @@ def test_identical_films_under_two_names_are_not_both_used(tmp_path: Path) -> No
 
 
 def test_parallel_workers_give_the_same_films(tmp_path: Path) -> None:
-    manifest = make_toy_manifest(tmp_path / "c", n_patients=8)
+    manifest = make_toy_manifest(tmp_path / "c", n_patients=8, size=TOY_SIZE)
     serial = _prepare(manifest, tmp_path / "a")
     parallel = prepare_cohort(read_manifest(manifest), tmp_path / "b",
                               PreprocessSettings(image_size=32, lungs={"name": "none"}), NoSegmenter, workers=2,
@@ -78,7 +80,7 @@ def test_parallel_workers_give_the_same_films(tmp_path: Path) -> None:
 
 
 def test_a_known_bad_file_is_reported_again_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    manifest = make_toy_manifest(tmp_path / "c", n_patients=4)
+    manifest = make_toy_manifest(tmp_path / "c", n_patients=4, size=TOY_SIZE)
     (tmp_path / "c/films/p001_0.png").write_bytes(b"not an image at all")
     first = _prepare(manifest, tmp_path / "prep")
 
@@ -89,3 +91,30 @@ def test_a_known_bad_file_is_reported_again_without_decoding(tmp_path: Path, mon
     second = _prepare(manifest, tmp_path / "prep")
     assert [s.reason for s in second.skipped] == [s.reason for s in first.skipped]
     assert "not a readable image" in second.skipped[0].reason
+
+
+def test_films_below_the_minimum_size_are_skipped_naming_their_size(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    films = tmp_path / "c" / "films"
+    films.mkdir(parents=True)
+    sizes = {"tall.png": (500, 40), "short.png": (63, 200), "square.png": (64, 64), "big.png": (80, 120)}  # (h, w)
+    for name, shape in sizes.items():
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)).save(films / name)
+    manifest = tmp_path / "c" / "manifest.csv"
+    manifest.write_text("path,patient_id,label\n" + "".join(f"films/{n},P{i},{i % 2}\n" for i, n in enumerate(sizes)))
+    cohort = _prepare(manifest, tmp_path / "prep")
+    assert sorted(f.image_id for f in cohort.films) == ["films/big.png", "films/square.png"]
+    assert {s.image_id: s.reason for s in cohort.skipped} == {
+        "films/tall.png": "film is 40x500 pixels, smaller than the 64-pixel minimum",
+        "films/short.png": "film is 200x63 pixels, smaller than the 64-pixel minimum",
+    }
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a film below the minimum is cached as a failure and not decoded again")
+
+    monkeypatch.setattr(preprocess, "decode_film", no_decoding)
+    again = _prepare(manifest, tmp_path / "prep")
+    assert [s.reason for s in again.skipped] == [s.reason for s in cohort.skipped]
+    monkeypatch.undo()
+    lower = _prepare(manifest, tmp_path / "prep", min_size=40)  # a setting of its own: a separate cache
+    assert lower.folder != cohort.folder and len(lower.films) == 4 and not lower.skipped

@@ -63,8 +63,9 @@ def _run_sweep(sweep: str, root: Path, manifest: Path, *extra: str) -> subproces
     command = [
         sys.executable, "-m", "pneumollm.cli.train", "--config-dir", str(experiments_dir()), "--config-name", sweep,
         "-m", "data=manifest", f"data.source.manifest={manifest}", "lungs=none", "data.num_folds=2",
-        "data.fold=0,1", "data.val_fraction=0.25", "data.progress=false", "data.preprocess_workers=1",
-        "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "logger=none", "callbacks.progress=null",
+        "data.fold=0,1", "data.val_fraction=0.25", "data.min_film_size=16", "data.progress=false",
+        "data.preprocess_workers=1", "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "logger=none",
+        "callbacks.progress=null",
         f"paths.root_dir={root}", *extra,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
@@ -104,14 +105,17 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(toy_manifest
     assert second.stderr.count("skip") + second.stdout.count("skip") >= len(stamps)
 
 
-def test_a_failing_job_is_recorded_and_the_sweep_goes_on(toy_manifest: Path, tmp_path: Path) -> None:
+def test_a_failing_job_is_recorded_the_sweep_goes_on_and_ends_with_a_summary(toy_manifest: Path,
+                                                                             tmp_path: Path) -> None:
     # fold 1 of a 2-fold split exists, fold 7 does not: that job fails, the others finish
     result = _run_sweep("table4", tmp_path, toy_manifest, "data.fold=0,7")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]
     failed = list(tmp_path.rglob("failed.json"))
     assert len(failed) == 2 and all("fold7" in str(p) for p in failed)
-    assert "outside 0..1" in json.loads(failed[0].read_text())["error"]
+    assert json.loads(failed[0].read_text())["error"] == "data.fold=7 is outside 0..1"
     assert len(_metrics(tmp_path)) == 2
+    summary = result.stderr[result.stderr.index("2 job(s) of this sweep failed"):]
+    assert summary.count("data.fold=7 is outside 0..1") == 2 and "Traceback" not in summary
 
 
 def test_every_arm_config_belongs_to_a_sweep() -> None:

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from pneumollm.training.run import run_fold
-from tests.helpers import compose_train, make_toy_manifest
+from tests.helpers import compose_train, crash_at_epoch, make_toy_manifest
 
 TOY = ["data=manifest", "lungs=none", "model=timm_resnet18", "trainer=cpu", "logger=csv", "data.image_size=32",
-       "data.progress=false", "data.preprocess_workers=1", "data.num_folds=3", "data.batch_size=8",
-       "callbacks.progress=null", "model.model_name=test_resnet", "+model.model_kwargs={drop_rate: 0.3}"]
+       "data.progress=false", "data.preprocess_workers=1", "data.min_film_size=16", "data.num_folds=3",
+       "data.batch_size=8", "callbacks.progress=null", "model.model_name=test_resnet",
+       "+model.model_kwargs={drop_rate: 0.3}"]
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +83,14 @@ def test_a_finished_run_with_the_same_config_is_skipped(manifest: Path, tmp_path
     assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns != stamp
 
 
-def test_a_resumed_run_equals_an_uninterrupted_one(manifest: Path, tmp_path: Path) -> None:
+def test_a_resumed_run_equals_an_uninterrupted_one(manifest: Path, tmp_path: Path, capfd) -> None:
     straight = run_fold(_cfg(manifest, tmp_path / "a"))
-    crash = "+callbacks.crash={_target_: tests.helpers.CrashAtEpoch, epoch: 2}"
-    with pytest.raises(RuntimeError, match="simulated interruption"):
-        run_fold(_cfg(manifest, tmp_path / "b", crash))
+    with crash_at_epoch(2), pytest.raises(RuntimeError, match="simulated interruption"):
+        run_fold(_cfg(manifest, tmp_path / "b"))
     assert (tmp_path / "b/run/checkpoints/last.ckpt").is_file() and not (tmp_path / "b/run/metrics.json").exists()
+    capfd.readouterr()
     resumed = run_fold(_cfg(manifest, tmp_path / "b"))
+    assert "resuming from" in capfd.readouterr().err
     assert _predictions(tmp_path / "a/run") == _predictions(tmp_path / "b/run")
     for key in ("test/auc", "test/avg", "epochs_run"):
         assert resumed[key] == straight[key]

@@ -19,6 +19,13 @@ def data_slug(path: str) -> str:
     return f"{stem}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
 
 
+def cohort_slug(key: str, *, _root_: DictConfig) -> str:
+    """``${cohort_slug:data.source.manifest}``: ``data_slug`` of the file at ``key``, or ``unset`` while it is
+    missing (so output folders resolve, and the missing value is reported by the step that needs it)."""
+    value = OmegaConf.select(_root_, key, throw_on_missing=False)
+    return data_slug(str(value)) if value not in (None, "") else "unset"
+
+
 def sized(full: Any, tiny: Any, *, _root_: DictConfig) -> Any:
     """``${sized:<full value>,<tiny value>}``: pick a value by the run's ``size_name`` (tiny or full)."""
     size = _root_.get("size_name", "tiny")
@@ -32,6 +39,8 @@ def register_resolvers() -> None:
     """Register the suite's resolvers (idempotent)."""
     if not OmegaConf.has_resolver("data_slug"):
         OmegaConf.register_new_resolver("data_slug", data_slug)
+    if not OmegaConf.has_resolver("cohort_slug"):
+        OmegaConf.register_new_resolver("cohort_slug", cohort_slug)
     if not OmegaConf.has_resolver("sized"):
         OmegaConf.register_new_resolver("sized", sized)
 

@@ -1,17 +1,33 @@
-"""Collect the fold runs of an experiment folder into per-arm results, refusing incomplete or overlapping ones."""
+"""Collect the fold runs of a study folder into per-arm results, refusing what cannot be summarised honestly:
+missing, failed or stale folds, a film tested twice, and runs of different cohorts or folds in one study."""
 
 from __future__ import annotations
 
 import csv
-import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pneumollm.training.records import FAILED_FILE, METRICS_FILE, PREDICTIONS_FILE
+from pneumollm.errors import UserError
+from pneumollm.training.records import (
+    COMPLETE,
+    FAILED_FILE,
+    JOB_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RunStatus,
+    read_failure,
+    read_job,
+    read_metrics,
+    run_status,
+)
+
+RUNS_SUBDIR = "runs"  # paper sweeps keep their runs in <study>/runs/<arm>/fold<k>
+_MARKERS = (METRICS_FILE, FAILED_FILE, JOB_FILE)
 
 
-class AggregationError(ValueError):
+class AggregationError(UserError, ValueError):
     """Runs that cannot be summarised honestly (a missing fold, a film predicted twice, no runs at all)."""
 
 
@@ -32,7 +48,7 @@ class ArmRuns:
     label: str
     folds: dict[int, dict[str, Any]] = field(default_factory=dict)  # fold -> metrics.json
     predictions: list[Prediction] = field(default_factory=list)
-    failed: dict[int, str] = field(default_factory=dict)  # fold -> error of a failed run without metrics
+    failed: dict[int, str] = field(default_factory=dict)  # fold -> why the fold has no current result
     run_dirs: dict[int, Path] = field(default_factory=dict)
 
 
@@ -42,25 +58,58 @@ def _read_predictions(path: Path) -> list[Prediction]:
                 for r in csv.DictReader(handle)]
 
 
+def run_dirs_under(root: str | Path) -> list[Path]:
+    """Every run directory under ``root`` (a folder with metrics.json, failed.json or job.json), leaving out
+    folders set aside (names starting with a dot, e.g. ``.superseded``)."""
+    root = Path(root)
+    found = {marker.parent for name in _MARKERS for marker in root.rglob(name)}
+    return sorted(d for d in found if not any(part.startswith(".") for part in d.relative_to(root).parts))
+
+
+def study_dir(run_dir: Path) -> Path:
+    """The study a run belongs to: ``<study>/<arm>/fold<k>`` or ``<study>/runs/<arm>/fold<k>``."""
+    parent = run_dir.parent.parent
+    return parent.parent if parent.name == RUNS_SUBDIR else parent
+
+
+def find_studies(root: str | Path) -> list[Path]:
+    """The study folders under ``root`` (``root`` itself when it is one), e.g. one per cohort of a table."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AggregationError(f"{root}: folder not found")
+    studies = sorted({study_dir(d) for d in run_dirs_under(root)})
+    inside = [s for s in studies if s == root or root in s.parents]
+    return inside or ([root] if root.name == RUNS_SUBDIR else [])
+
+
+def _info(run_dir: Path, status: RunStatus) -> dict[str, Any]:
+    return status.metrics or status.failure or read_metrics(run_dir) or read_failure(run_dir) or read_job(run_dir) or {}
+
+
 def collect_runs(experiment_dir: str | Path) -> dict[str, ArmRuns]:
-    """Read every ``<arm>/fold<k>/metrics.json`` (and failures) under ``experiment_dir``."""
+    """Read every fold run under ``experiment_dir`` (one study) with its status.
+
+    Only ``complete`` runs (results of the config that owns the folder) count; failed, stale and unfinished
+    ones are recorded per fold with the reason. Debug runs (``debug=...``) never count.
+    """
     root = Path(experiment_dir)
     if not root.is_dir():
         raise AggregationError(f"{root}: experiment folder not found")
     arms: dict[str, ArmRuns] = {}
-    for marker in sorted([*root.rglob(METRICS_FILE), *root.rglob(FAILED_FILE)]):
-        run_dir = marker.parent
-        if marker.name == FAILED_FILE and (run_dir / METRICS_FILE).is_file():
+    for run_dir in run_dirs_under(root):
+        status = run_status(run_dir)
+        info = _info(run_dir, status)
+        if info.get("debug"):
             continue
-        info = json.loads(marker.read_text())
         arm_name = str(info.get("arm") or run_dir.parent.name)
-        fold = int(info["fold"])
+        fold = int(info["fold"]) if "fold" in info else _fold_from_name(run_dir)
         arm = arms.setdefault(arm_name, ArmRuns(arm=arm_name, label=str(info.get("label") or arm_name)))
-        if marker.name == FAILED_FILE:
-            arm.failed[fold] = str(info.get("error", "unknown error"))
+        if status.state != COMPLETE:
+            arm.failed.setdefault(fold, f"{status.state}: {status.reason} ({run_dir})")
             continue
         if fold in arm.folds:
             raise AggregationError(f"arm {arm_name!r} has two runs of fold {fold}: {arm.run_dirs[fold]} and {run_dir}")
+        arm.failed.pop(fold, None)
         arm.folds[fold] = info
         arm.run_dirs[fold] = run_dir
         arm.label = str(info.get("label") or arm.label)
@@ -70,15 +119,37 @@ def collect_runs(experiment_dir: str | Path) -> dict[str, ArmRuns]:
         arm.predictions.extend(_read_predictions(predictions))
     if not arms:
         raise AggregationError(f"{root}: no runs found (no */fold*/metrics.json)")
+    check_one_cohort(arms)
     return arms
 
 
+def _fold_from_name(run_dir: Path) -> int:
+    name = run_dir.name
+    return int(name[4:]) if name.startswith("fold") and name[4:].isdigit() else -1
+
+
+def check_one_cohort(arms: dict[str, ArmRuns]) -> None:
+    """Refuse a study whose runs were made on different cohorts or different folds, naming the runs."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for arm in arms.values():
+        for fold, info in sorted(arm.folds.items()):
+            cohort = info.get("cohort") or {}
+            key = (str(cohort.get("films", "unrecorded")), str(cohort.get("folds", "unrecorded")))
+            groups[key].append(f"{arm.arm}/fold{fold} ({info.get('cohort_name', '?')})")
+    if len(groups) > 1:
+        listing = "\n".join(f"  - films {films}, folds {folds}: " + ", ".join(runs)
+                            for (films, folds), runs in sorted(groups.items()))
+        raise AggregationError("the runs of this study were made on different cohorts or folds, so they cannot "
+                               f"be compared in one table:\n{listing}\nKeep one cohort per folder (the default "
+                               "folders already separate cohorts by name) or rerun the odd runs.")
+
+
 def check_complete(arm: ArmRuns, num_folds: int) -> list[str]:
-    """Problems that forbid summarising ``arm``: missing or failed folds, films predicted twice."""
+    """Problems that forbid summarising ``arm``: missing, failed or stale folds, films predicted twice."""
     problems = []
     for fold in range(num_folds):
         if fold not in arm.folds:
-            why = f"failed: {arm.failed[fold]}" if fold in arm.failed else "no metrics.json"
+            why = arm.failed.get(fold, "no metrics.json")
             problems.append(f"arm {arm.arm!r} fold {fold} is missing ({why})")
     extra = sorted(set(arm.folds) - set(range(num_folds)))
     if extra:

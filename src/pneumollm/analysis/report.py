@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,15 @@ class TableReport:
     incomplete: dict[str, list[str]] = field(default_factory=dict)
     cells: list[list[str]] = field(default_factory=list)
     has_paper: bool = True
+    config: DictConfig | None = None  # the resolved config of one of the table's runs
+
+    def moved(self, old: Path, new: Path) -> TableReport:
+        """The same report after its files were moved from folder ``old`` to folder ``new``."""
+        def move(path: Path) -> Path:
+            return new / path.relative_to(old)
+
+        return replace(self, table_md=move(self.table_md), table_csv=move(self.table_csv),
+                       figures=[move(f) for f in self.figures])
 
 
 def _run_config(arm: ArmRuns) -> DictConfig:
@@ -148,7 +157,7 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
         notes.append("Incomplete arms left out: " + "; ".join(p for ps in incomplete.values() for p in ps))
     md_path, csv_path = write_table(rows, out_dir, title, notes)
     report = TableReport(md_path, csv_path, incomplete=incomplete, cells=[row_cells(r) for r in rows],
-                         has_paper=has_paper_numbers(rows))
+                         has_paper=has_paper_numbers(rows), config=sample_config)
 
     summaries = [r.summary for r in rows]
     report.figures.append(plot_roc(ordered, summaries, out_dir / "roc.png", f"{table}: pooled out-of-fold ROC"))
@@ -166,17 +175,18 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
         report.figures.append(plot_film_panel(films, probs, out_dir / "films.png",
                                               f"{table}: P(pneumoconiosis) in % per arm"))
     if use_wandb:
-        _log_to_wandb(table, report, sample_config)
+        log_table_to_wandb(table, report)
     return report
 
 
-def _log_to_wandb(table: str, report: TableReport, config: DictConfig) -> None:
+def log_table_to_wandb(table: str, report: TableReport) -> None:
     """One ``aggregate`` run per table holding the table and the figures (offline unless WANDB_MODE=online)."""
     try:
         import wandb
     except ImportError:
         return
-    project = OmegaConf.select(config, "logger.wandb.project") or "pneumollm"
+    project = OmegaConf.select(report.config, "logger.wandb.project") if report.config is not None else None
+    project = project or "pneumollm"
     run = wandb.init(project=project, group=f"{table}/summary", job_type="aggregate", name=f"{table}-aggregate",
                      dir=str(report.table_md.parent), mode=os.environ.get("WANDB_MODE", "offline"),
                      reinit="finish_previous")

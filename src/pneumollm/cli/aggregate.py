@@ -9,18 +9,22 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pneumollm.analysis.collect import AggregationError, collect_runs, split_complete
-from pneumollm.analysis.report import TableReport, aggregate_table
+from pneumollm.analysis.collect import RUNS_SUBDIR, AggregationError, collect_runs, find_studies, split_complete
+from pneumollm.analysis.report import TableReport, aggregate_table, log_table_to_wandb
 from pneumollm.analysis.summary import summarise_arm, summary_rows, write_summary
 from pneumollm.analysis.tables import COLUMNS
+from pneumollm.utils.io import output_set
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pneumollm-aggregate",
-        description="Summarise <experiment_dir>/<arm>/fold<k>/ runs: per-fold rows, mean ± std, pooled AUC.",
+        description="Summarise <study>/<arm>/fold<k>/ runs (or <study>/runs/<arm>/fold<k>/): per-fold rows, "
+                    "mean ± std, pooled AUC. A folder holding several studies (e.g. results/table6 with one "
+                    "folder per cohort) is summarised study by study.",
     )
-    parser.add_argument("experiment_dir", type=Path, help="folder holding <arm>/fold<k>/metrics.json")
+    parser.add_argument("experiment_dir", type=Path,
+                        help="a study folder, or a folder of studies (e.g. outputs/demo or results/table6)")
     parser.add_argument("--num-folds", type=int, default=5, help="folds every arm must have (default 5)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write summary.csv and summary.md (default: experiment_dir)")
@@ -38,15 +42,44 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
     try:
-        arms = collect_runs(args.experiment_dir)
-        complete_arms, incomplete = split_complete(arms, args.num_folds, args.partial, args.experiment_dir)
-        complete = [summarise_arm(arm) for arm in complete_arms.values()]
+        studies = find_studies(args.experiment_dir)
     except AggregationError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         return 2
-    out_dir = args.out or (args.experiment_dir.parent if args.experiment_dir.name == "runs" else args.experiment_dir)
-    csv_path, md_path = write_summary(complete, out_dir)
-    table = Table(title=f"{args.experiment_dir}: {args.num_folds}-fold cross-validation (figures in %)")
+    if not studies:
+        console.print(f"[red]error:[/red] {args.experiment_dir}: no runs found (no */fold*/metrics.json)",
+                      highlight=False)
+        return 2
+    codes = []
+    for study in studies:
+        if len(studies) > 1:
+            console.rule(str(study))
+        out_dir = args.out / study.name if args.out and len(studies) > 1 else args.out or study
+        codes.append(aggregate_study(study, out_dir, args, console))
+    return max(codes)
+
+
+def aggregate_study(study: Path, out_dir: Path, args: argparse.Namespace, console: Console) -> int:
+    """Summarise one study into ``out_dir``: summary files and, with ``--table``, the table and its figures,
+    replaced together (a failure leaves the previous set as it was)."""
+    runs_dir = study / RUNS_SUBDIR if (study / RUNS_SUBDIR).is_dir() else study
+    if study.name == RUNS_SUBDIR and out_dir == study:
+        out_dir = study.parent
+    report = None
+    try:
+        arms = collect_runs(runs_dir)
+        complete_arms, incomplete = split_complete(arms, args.num_folds, args.partial, runs_dir)
+        complete = [summarise_arm(arm) for arm in complete_arms.values()]
+        with output_set(out_dir, "aggregate") as stage:
+            write_summary(complete, stage)
+            if args.table:
+                report = aggregate_table(runs_dir, stage, args.table, reference=args.reference,
+                                         num_folds=args.num_folds, partial=args.partial, n_boot=args.bootstrap,
+                                         use_wandb=False, arms=arms).moved(stage, out_dir)
+    except AggregationError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        return 2
+    table = Table(title=f"{runs_dir}: {args.num_folds}-fold cross-validation (figures in %)")
     rows = summary_rows(complete)
     for column in rows[0]:
         table.add_column(column, justify="left" if column == "arm" else "right")
@@ -55,16 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     for name, ps in incomplete.items():
         console.print(f"[yellow]incomplete arm {name}:[/yellow] " + "; ".join(ps), highlight=False)
-    console.print(f"written: {csv_path} and {md_path}", highlight=False)
-    if args.table:
-        try:
-            report = aggregate_table(args.experiment_dir, out_dir, args.table, reference=args.reference,
-                                     num_folds=args.num_folds, partial=args.partial, n_boot=args.bootstrap,
-                                     use_wandb=not args.no_wandb, arms=arms)
-        except AggregationError as err:
-            console.print(f"[red]error:[/red] {err}", highlight=False)
-            return 2
+    console.print(f"written: {out_dir / 'summary.csv'} and {out_dir / 'summary.md'}", highlight=False)
+    if report is not None:
         print_table(console, report)
+        if not args.no_wandb:
+            log_table_to_wandb(args.table, report)
     return 0
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from pneumollm.config import register_resolvers
 from pneumollm.data.datamodule import CohortDataModule
 from pneumollm.data.qc_sheets import write_cohort_qc
+from pneumollm.errors import user_errors_exit
 from pneumollm.paths import conf_dir
 
 register_resolvers()
@@ -19,8 +20,9 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     """Prepare the configured cohort; prints counts and where the cohort, report, folds and QC sheets are."""
     console = Console(stderr=True)
-    datamodule: CohortDataModule = instantiate(cfg.data, _convert_="object")
-    datamodule.prepare_data()
+    with user_errors_exit():
+        datamodule: CohortDataModule = instantiate(cfg.data, _convert_="object")
+        datamodule.prepare_data()
     console.print(f"cohort index: {datamodule.cohort_folder / 'cohort.csv'}", highlight=False)
     console.print(f"folds: {datamodule.folds_path}", highlight=False)
     if cfg.qc:

@@ -1,12 +1,20 @@
-"""``pneumollm-train``: the Hydra app that trains and tests one fold (``-m`` sweeps folds and arms)."""
+"""``pneumollm-train``: the Hydra app that trains and tests one fold (``-m`` sweeps folds and arms).
+
+User errors (a bad cohort, missing weights, a wrong setting) end a single run with one line ``error: ...``
+and exit status 2; a sweep records failed jobs, goes on, lists them at the end and exits with status 1.
+"""
 
 from __future__ import annotations
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from pneumollm.config import register_resolvers
+from pneumollm.errors import user_errors_exit
 from pneumollm.paths import conf_dir
+from pneumollm.training import sweep_report
 from pneumollm.training.run import run_fold
 from pneumollm.utils.quiet import quiet_third_party_noise
 
@@ -15,9 +23,18 @@ quiet_third_party_noise()
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     """Train and test the fold ``data.fold`` of the configured arm; results go to the Hydra run directory."""
-    run_fold(cfg)
+    with user_errors_exit():
+        run_fold(cfg)
+
+
+def main() -> None:
+    """Console entry point: the Hydra app, then a non-zero exit status when jobs of a sweep failed."""
+    sweep_report.LAST_SWEEP_FAILURES.clear()
+    app()
+    if sweep_report.LAST_SWEEP_FAILURES:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

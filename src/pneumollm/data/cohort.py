@@ -3,18 +3,24 @@
 Rows that cannot be used (missing patient id or label, a file that does not exist, an unreadable
 DICOM header) are not fatal: they come back as ``Skipped`` entries for the preprocessing report.
 Label values that are present but unknown are an error naming the row, since they signal a
-mapping the user must decide on.
+mapping the user must decide on; so is a film given two label rows.
+
+CSVs are read as UTF-8 (with or without a BOM), as UTF-16 when they start with a UTF-16 BOM, and otherwise
+as cp1252 (Windows-1252, a superset of latin-1's printable characters), with a note on the listing.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumollm.data.dicom import UnreadableImageError, read_header
 from pneumollm.data.films import RASTER_SUFFIXES, is_dicom
+from pneumollm.errors import UserError
 
 NORMAL, PNEUMOCONIOSIS = 0, 1
 DEFAULT_LABEL_MAP: dict[str, int] = {
@@ -30,7 +36,7 @@ LABEL_COLUMNS = ("label", "diagnosis", "target", "class")
 UID_COLUMNS = ("sop_instance_uid", "sopinstanceuid", "sop_uid")
 
 
-class CohortError(ValueError):
+class CohortError(UserError, ValueError):
     """A cohort definition that cannot be used as given (names the file and row)."""
 
 
@@ -60,6 +66,7 @@ class CohortListing:
 
     records: list[FilmRecord] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the console, e.g. a CSV read as cp1252
 
 
 def _canonical(name: str) -> str:
@@ -85,14 +92,44 @@ def parse_label(raw: str | None, label_map: Mapping[str, int], where: str) -> in
     return int(label_map[key])
 
 
-def _read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+FALLBACK_ENCODING = "cp1252"
+
+
+def _decode_csv(csv_path: Path) -> tuple[str, list[str]]:
+    """The text of a CSV and notes on how it was decoded (see the module docstring for the rules)."""
+    data = csv_path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16"), []
+        except UnicodeDecodeError as err:
+            raise CohortError(f"{csv_path}: starts with a UTF-16 byte-order mark but byte {err.start} is not "
+                              "valid UTF-16; save it as UTF-8") from err
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8"), []
+    except UnicodeDecodeError as err:
+        offset = bom + err.start
+    try:
+        text = data[bom:].decode(FALLBACK_ENCODING)
+    except UnicodeDecodeError as err:
+        raise CohortError(
+            f"{csv_path}: byte {bom + err.start} (0x{data[bom + err.start]:02X}) is neither UTF-8 nor "
+            f"{FALLBACK_ENCODING} (the first byte that is not UTF-8 is byte {offset}); save the file as UTF-8"
+        ) from err
+    note = (f"{csv_path}: not UTF-8 (byte {offset}, 0x{data[offset]:02X}, is the first byte that is not); "
+            f"read as {FALLBACK_ENCODING} (Windows-1252): check accented names, or save the file as UTF-8")
+    return text, [note]
+
+
+def _read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]], list[str]]:
+    """Header, rows and decoding notes of a CSV."""
     if not csv_path.is_file():
         raise CohortError(f"{csv_path}: file not found")
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames:
-            raise CohortError(f"{csv_path}: empty CSV (expected a header row)")
-        return list(reader.fieldnames), list(reader)
+    text, notes = _decode_csv(csv_path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        raise CohortError(f"{csv_path}: empty CSV (expected a header row)")
+    return list(reader.fieldnames), list(reader), notes
 
 
 def _label_map(extra: Mapping[str, int] | None) -> dict[str, int]:
@@ -104,7 +141,7 @@ def _label_map(extra: Mapping[str, int] | None) -> dict[str, int]:
 def read_manifest(manifest: str | Path, label_map: Mapping[str, int] | None = None) -> CohortListing:
     """Read a manifest CSV with columns ``path,patient_id,label`` (paths relative to the manifest)."""
     manifest = Path(manifest).expanduser().resolve()
-    header, rows = _read_rows(manifest)
+    header, rows, notes = _read_rows(manifest)
     path_col = _find_column(header, PATH_COLUMNS)
     patient_col = _find_column(header, PATIENT_COLUMNS)
     label_col = _find_column(header, LABEL_COLUMNS)
@@ -113,7 +150,7 @@ def read_manifest(manifest: str | Path, label_map: Mapping[str, int] | None = No
         raise CohortError(f"{manifest}: missing column(s) {', '.join(missing)}; found {', '.join(header)}")
     labels = _label_map(label_map)
     used = {path_col, patient_col, label_col}
-    listing = CohortListing()
+    listing = CohortListing(notes=notes)
     seen: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         where = f"{manifest} row {line}"
@@ -158,7 +195,7 @@ def read_dicom_folder(
     labels_csv = Path(labels_csv).expanduser().resolve()
     if not folder.is_dir():
         raise CohortError(f"{folder}: DICOM folder not found")
-    header, rows = _read_rows(labels_csv)
+    header, rows, notes = _read_rows(labels_csv)
     file_col = _find_column(header, PATH_COLUMNS)
     uid_col = _find_column(header, UID_COLUMNS)
     label_col = _find_column(header, LABEL_COLUMNS)
@@ -171,14 +208,22 @@ def read_dicom_folder(
     by_file: dict[Path, tuple[int, dict[str, str]]] = {}
     by_uid: dict[str, tuple[int, dict[str, str]]] = {}
     for line, row in enumerate(rows, start=2):
+        where = f"{labels_csv} row {line}"
         if file_col and (row.get(file_col) or "").strip():
             rel = row[file_col].strip()
             candidates = [(labels_csv.parent / rel).resolve(), (folder / rel).resolve()]
             key = next((c for c in candidates if c.is_file()), candidates[0])
+            if key in by_file:
+                raise CohortError(f"{where}: {rel!r} names the same file as row {by_file[key][0]} ({key}); "
+                                  "give each film one label row")
             by_file[key] = (line, row)
         elif uid_col and (row.get(uid_col) or "").strip():
-            by_uid[row[uid_col].strip()] = (line, row)
-    listing = CohortListing()
+            uid = row[uid_col].strip()
+            if uid in by_uid:
+                raise CohortError(f"{where}: SOP Instance UID {uid} is also in row {by_uid[uid][0]}; "
+                                  "give each film one label row")
+            by_uid[uid] = (line, row)
+    listing = CohortListing(notes=notes)
     matched: set[int] = set()
     for path in _scan_films(folder):
         image_id = path.relative_to(folder).as_posix()
@@ -208,8 +253,25 @@ def read_dicom_folder(
             listing.skipped.append(Skipped(image_id, str(path), reason))
             continue
         listing.records.append(FilmRecord(image_id, path, patient, label))
-    for line, row in [*by_file.values(), *by_uid.values()]:
+    for key, (line, row) in by_file.items():
         if line not in matched:
-            ref = (row.get(file_col) if file_col else None) or (row.get(uid_col) if uid_col else "")
-            listing.skipped.append(Skipped(str(ref), "", f"labels row {line}: no matching DICOM file in {folder}"))
+            rel = (row.get(file_col) or "").strip() if file_col else ""
+            listing.skipped.append(_unmatched_file_row(key, rel, line, folder))
+    for uid, (line, _row) in by_uid.items():
+        if line not in matched:
+            listing.skipped.append(Skipped(uid, "", f"labels row {line}: no matching DICOM file in {folder}"))
     return listing
+
+
+def _unmatched_file_row(path: Path, rel: str, line: int, folder: Path) -> Skipped:
+    """Why the file that labels row ``line`` names (``rel``, resolved to ``path``) is not among the scanned films."""
+    if not path.is_file():
+        return Skipped(rel, "", f"labels row {line}: no matching DICOM file in {folder}")
+    if not path.is_relative_to(folder):
+        return Skipped(rel, str(path), f"labels row {line}: {rel} is outside the DICOM folder {folder}")
+    if path.stat().st_size == 0:
+        return Skipped(rel, str(path), f"labels row {line}: {rel} is empty (0 bytes)")
+    if not is_dicom(path):
+        return Skipped(rel, str(path), f"labels row {line}: {rel} is not a DICOM file (no DICM marker)")
+    why = "is a hidden file" if path.name.startswith(".") else f"has the suffix {path.suffix}"
+    return Skipped(rel, str(path), f"labels row {line}: {rel} {why}, which the DICOM folder scan leaves out")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pneumollm.data.folds import FOLDS_FILE, FoldSplit, load_or_make_folds, split_fold
 from pneumollm.data.lungs.base import LungSegmenter
 from pneumollm.data.preprocess import (
+    PIPELINE_VERSION,
+    HashIndex,
     PreparedCohort,
     PreparedFilm,
     PreprocessSettings,
+    code_fingerprint,
     cpu_workers,
     prepare_cohort,
     read_cohort_index,
 )
 from pneumollm.data.sources import list_cohort
+from pneumollm.errors import ConfigError
+from pneumollm.utils.io import sha256_json
 
 SELECTION_SPLITS = ("validation", "test_fold_reference")
 
@@ -94,6 +100,7 @@ class CohortDataModule(L.LightningDataModule):
         prepared_dir: str,
         lungs: Mapping[str, Any],
         image_size: int = 224,
+        min_film_size: int = 64,
         fold: int = 0,
         num_folds: int = 5,
         val_fraction: float = 0.2,
@@ -109,18 +116,21 @@ class CohortDataModule(L.LightningDataModule):
         allowed_modalities: tuple[str, ...] | list[str] = ("CR", "DX", "DR", "RG", "OT"),
         preprocess_workers: int | None = None,
         progress: bool = True,
+        cohort: str = "cohort",
     ) -> None:
         super().__init__()
         if selection_split not in SELECTION_SPLITS:
-            raise ValueError(f"data.selection_split must be one of {SELECTION_SPLITS}, got {selection_split!r}")
+            raise ConfigError(f"data.selection_split must be one of {SELECTION_SPLITS}, got {selection_split!r}")
         if not 0 <= fold < num_folds:
-            raise ValueError(f"data.fold={fold} is outside 0..{num_folds - 1}")
+            raise ConfigError(f"data.fold={fold} is outside 0..{num_folds - 1}")
+        self.cohort_name = cohort
         self.source = dict(source)
         self.prepared_dir = Path(prepared_dir)
         self.lungs = dict(lungs)
         self.settings = PreprocessSettings(
             image_size=image_size, lungs={k: v for k, v in self.lungs.items() if k != "margin"},
             margin=float(self.lungs.get("margin", 0.0)), allowed_modalities=tuple(allowed_modalities),
+            min_size=int(min_film_size),
         )
         self.fold = fold
         self.num_folds = num_folds
@@ -139,6 +149,7 @@ class CohortDataModule(L.LightningDataModule):
         self.cohort: PreparedCohort | None = None
         self.split: FoldSplit | None = None
         self.datasets: dict[str, FilmDataset] = {}
+        self._identity: dict[str, Any] | None = None
 
     @property
     def cohort_folder(self) -> Path:
@@ -149,6 +160,8 @@ class CohortDataModule(L.LightningDataModule):
             return
         console = Console(stderr=True)
         listing = list_cohort(self.source, label_map=self.label_map, progress=self.progress)
+        for note in listing.notes:
+            console.print(f"[bold]cohort[/bold] note: {note}", highlight=False)
         self.cohort = prepare_cohort(
             listing, self.prepared_dir, self.settings, partial(build_segmenter, self.lungs),
             workers=cpu_workers(self.preprocess_workers), progress=self.progress,
@@ -158,6 +171,39 @@ class CohortDataModule(L.LightningDataModule):
         pairs = [(f.patient_id, f.label) for f in self.cohort.films]
         load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, self.regenerate_folds)
         self.regenerate_folds = False  # once per run, not once per stage
+        self._identity = None
+
+    def cohort_identity(self) -> dict[str, Any]:
+        """What the prepared cohort contributes to a run's result, independent of where anything lives.
+
+        ``films``: each film's id, patient, label and source content hash; ``folds``: the fold of each
+        patient; ``preprocessing``: the settings and code that made the films, with lung-model files (U-Net
+        weights, CheXmask CSV) by content hash instead of path. Computed after ``prepare_data``.
+        """
+        if self._identity is None:
+            if self.cohort is None:
+                raise RuntimeError("cohort_identity() needs prepare_data() first")
+            films = sorted((f.image_id, f.patient_id, f.label, f.content_hash) for f in self.cohort.films)
+            pairs = [(f.patient_id, f.label) for f in self.cohort.films]
+            assignment = load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed)
+            patients = {p for p, _ in pairs}
+            self._identity = {
+                "films": sha256_json(films)[:16], "num_films": len(films),
+                "folds": sha256_json(sorted((p, f) for p, f in assignment.items() if p in patients))[:16],
+                "preprocessing": sha256_json(self._preprocessing_identity())[:16],
+            }
+        return dict(self._identity)
+
+    def _preprocessing_identity(self) -> dict[str, Any]:
+        hashes = HashIndex(self.prepared_dir / "file_hashes.json")
+        lungs = {}
+        for key, value in self.settings.lungs.items():
+            path = Path(str(value)).expanduser() if isinstance(value, str) else None
+            lungs[key] = f"sha256:{hashes.content_hash(path.resolve())}" if path is not None and path.is_file() \
+                else value
+        hashes.save()
+        settings = {k: v for k, v in asdict(self.settings).items() if k != "lungs"}
+        return {**settings, "lungs": lungs, "code": code_fingerprint(), "version": PIPELINE_VERSION}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pneumollm.data.dicom import RADIOGRAPH_MODALITIES, DecodedFilm, UnreadableImageError, decode_dicom, to_uint8
+from pneumollm.data.dicom import (
+    RADIOGRAPH_MODALITIES,
+    DecodedFilm,
+    UnreadableImageError,
+    check_not_empty,
+    decode_dicom,
+    to_uint8,
+)
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -30,6 +37,7 @@ def is_dicom(path: str | Path) -> bool:
 def decode_raster(path: str | Path) -> DecodedFilm:
     """Decode a PNG/JPEG/TIFF film to 8-bit greyscale (16-bit files are scaled from their min/max range)."""
     notes: list[str] = []
+    check_not_empty(path)
     try:
         with Image.open(path) as img:
             img.load()

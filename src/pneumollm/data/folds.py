@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from pneumollm.errors import UserError
 from pneumollm.utils.io import atomic_write, atomic_write_json, sha256_json
 
 FOLDS_FILE = "folds.csv"
 
 
-class FoldError(ValueError):
+class FoldError(UserError, ValueError):
     """Folds that cannot be made or trusted (too few patients, a patient in two folds, a changed cohort)."""
 
 

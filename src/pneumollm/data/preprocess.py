@@ -62,6 +62,7 @@ class PreprocessSettings:
     lungs: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     margin: float = 0.05
     allowed_modalities: tuple[str, ...] = RADIOGRAPH_MODALITIES
+    min_size: int = 64  # films with a shorter side (in pixels, as decoded) are skipped
 
     @property
     def lungs_name(self) -> str:
@@ -235,6 +236,11 @@ def process_film(path: Path, image_id: str, settings: PreprocessSettings, segmen
     """Decode, crop and resize one film; returns the image, its sidecar metadata and QC thumbnails."""
     decoded = decode_film(path, allowed_modalities=settings.allowed_modalities)
     film = decoded.pixels
+    if min(film.shape) < settings.min_size:
+        height, width = film.shape
+        raise UnreadableImageError(
+            path, f"film is {width}x{height} pixels, smaller than the {settings.min_size}-pixel minimum"
+        )
     crop = crop_to_lungs(film, segmenter, image_id, margin=settings.margin)
     image = resize_film(crop.image, settings.image_size)
     thumb, mask_thumb, scale = _thumbnail(film, crop.mask)

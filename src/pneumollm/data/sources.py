@@ -13,8 +13,9 @@ SOURCE_KINDS = ("manifest", "dicom_folder", "demo")
 
 def _require(source: Mapping[str, Any], key: str) -> str:
     value = source.get(key)
-    if not value:
-        raise CohortError(f"data.source.{key} is required for data.source.kind={source.get('kind')!r}")
+    if not value or value == "???":  # "???": OmegaConf's mark of a value the user must set
+        raise CohortError(f"data.source.{key} is required for data.source.kind={source.get('kind')!r}: "
+                          f"add data.source.{key}=/path/... on the command line")
     return str(value)
 
 

@@ -20,6 +20,7 @@ from pneumollm.training.losses import ClassificationLoss
 from pneumollm.training.optim import weight_decay_groups
 
 METRIC_NAMES = ("sensitivity", "specificity", "accuracy", "auc")
+RUN_IDENTITY_KEY = "pneumollm_run"  # checkpoint entry naming the run (config hash) that wrote it
 
 
 def paper_metrics(threshold: float = 0.5) -> MetricCollection:
@@ -72,6 +73,7 @@ class ClassificationModule(L.LightningModule):
         weight_decay: float = 0.02,
         threshold: float = 0.5,
         save_features: bool = False,
+        run_identity: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -81,6 +83,7 @@ class ClassificationModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.threshold = threshold
         self.save_features = save_features
+        self.run_identity = dict(run_identity or {})
         self.strict_loading = False  # checkpoints hold the trainable weights only
         self.val_metrics = paper_metrics(threshold).clone(prefix="val/")
         self.test_metrics = paper_metrics(threshold).clone(prefix="test/")
@@ -164,6 +167,7 @@ class ClassificationModule(L.LightningModule):
         keep |= {f"net.{n}" for n, _ in self.net.named_buffers()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["frozen_fingerprint"] = frozen_fingerprint(self.net)
+        checkpoint[RUN_IDENTITY_KEY] = dict(self.run_identity)  # a run resumes only its own checkpoints
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

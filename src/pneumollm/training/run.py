@@ -1,7 +1,14 @@
-"""Train and test one (arm, fold) from a composed config, and write its run directory."""
+"""Train and test one (arm, fold) from a composed config, and write its run directory.
+
+A run directory belongs to one config at a time (its hash in ``job.json``): a finished run of the same
+config is skipped, an interrupted one resumes from ``last.ckpt`` only when that checkpoint was written by
+the same config, and the outputs of another config are set aside (``.superseded/``) before the new run
+starts. A lock per run directory keeps two processes (two sweeps into one folder) from running one job.
+"""
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 import traceback
@@ -10,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from filelock import FileLock, Timeout
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -18,30 +26,49 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from pneumollm.data.datamodule import CohortDataModule
-from pneumollm.training.module import ClassificationModule
+from pneumollm.errors import ConfigError, UserError, describe, find_user_error
+from pneumollm.training.module import RUN_IDENTITY_KEY, ClassificationModule
 from pneumollm.training.records import (
+    CHECKPOINT_DIR,
     FAILED_FILE,
     config_hash,
-    read_metrics,
+    read_job,
+    run_status,
+    set_aside,
     write_config,
     write_failure,
     write_features,
+    write_job,
     write_metrics,
     write_predictions,
 )
 
 console = Console(stderr=True)
+LOCK_FILE = ".lock"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+class JobLockedError(UserError):
+    """Another process is running the same job (same run directory) right now."""
 
 
 def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _instantiate_dict(node: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a config dict whose value has a ``_target_`` (callbacks, loggers)."""
+def launched_rank() -> int:
+    """This process's rank when a launcher started several (DDP children, SLURM tasks); 0 otherwise."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _instantiate_dict(node: DictConfig | None) -> dict[str, Any]:
+    """Instantiate every entry of a config dict whose value has a ``_target_`` (callbacks), keyed by its name."""
     if not node:
-        return []
-    return [instantiate(v) for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
+        return {}
+    return {k: instantiate(v) for k, v in node.items() if isinstance(v, DictConfig) and "_target_" in v}
 
 
 def _build_loggers(cfg: DictConfig) -> list[Any]:
@@ -70,44 +97,121 @@ def _peak_memory_mb() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host_max_rss_process"
 
 
+def _job_name(cfg: DictConfig) -> str:
+    return f"{cfg.experiment.arm} fold {cfg.data.fold}"
+
+
 def run_fold(cfg: DictConfig) -> dict[str, Any]:
-    """Train and test one fold; skip it when ``metrics.json`` with the same config hash exists.
+    """Train and test one fold; skip it when its run directory already holds this config's results.
 
     In a multirun, a failing job is recorded in ``failed.json`` and the sweep goes on; in a single run the
-    error propagates.
+    error propagates. A job whose folder another process is running is skipped in a sweep (an error alone).
     """
+    _check_launch(cfg)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    chash = config_hash(cfg)
-    done = read_metrics(run_dir)
-    if done and done.get("config_hash") == chash and not cfg.get("force", False):
-        console.print(f"[green]skip[/green] {cfg.experiment.arm} fold {cfg.data.fold}: done ({run_dir})")
-        return done
+    if launched_rank() > 0:  # a DDP child: rank 0 owns the folder, decides and writes
+        datamodule = _prepared_datamodule(cfg)
+        _train_and_test(cfg, run_dir, config_hash(cfg, datamodule.cohort_identity()), datamodule)
+        return {}
+    lock = FileLock(str(run_dir / LOCK_FILE), timeout=0)
     try:
-        metrics = _train_and_test(cfg, run_dir, chash)
+        lock.acquire()
+    except Timeout:
+        message = f"{_job_name(cfg)}: another process is running this job in {run_dir}; leaving it to that process"
+        if not _in_multirun():
+            raise JobLockedError(message) from None
+        console.print(f"[yellow]skip[/yellow] {message}", highlight=False)
+        return {"skipped": "locked"}
+    chash = None
+    try:
+        datamodule = _prepared_datamodule(cfg)
+        chash = config_hash(cfg, datamodule.cohort_identity())
+        status = run_status(run_dir)
+        if status.complete and status.config_hash == chash and not cfg.get("force", False):
+            console.print(f"[green]skip[/green] {_job_name(cfg)}: done ({run_dir})", highlight=False)
+            return dict(status.metrics or {})
+        _claim(run_dir, cfg, chash, datamodule)
+        metrics = _train_and_test(cfg, run_dir, chash, datamodule)
         (run_dir / FAILED_FILE).unlink(missing_ok=True)
         return metrics
     except Exception as err:
         write_failure(run_dir, {"arm": cfg.experiment.arm, "fold": int(cfg.data.fold), "config_hash": chash,
-                                "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
+                                "error": describe(err), "traceback": traceback.format_exc(),
+                                "user_error": find_user_error(err) is not None})
         if not _in_multirun():
             raise
-        console.print(f"[red]FAILED[/red] {cfg.experiment.arm} fold {cfg.data.fold}: {type(err).__name__}: {err}"
-                      f" (recorded in {run_dir / FAILED_FILE}); the sweep goes on")
+        console.print(f"[red]FAILED[/red] {_job_name(cfg)}: {describe(err)}"
+                      f" (recorded in {run_dir / FAILED_FILE}); the sweep goes on", highlight=False)
         return {"failed": True}
     finally:
+        lock.release()
         _finish_wandb()
 
 
-def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> dict[str, Any]:
+def _check_launch(cfg: DictConfig) -> None:
+    """Refuse DDP inside a local sweep: Lightning starts the other ranks by re-running the command line,
+    which in a Hydra multirun would start the whole sweep again in every rank."""
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    several = str(cfg.trainer.get("devices", 1)) not in ("1", "auto")
+    managed = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1  # SLURM starts every rank itself
+    if strategy.startswith("ddp") and several and _in_multirun() and not managed:
+        raise ConfigError("trainer=ddp cannot run inside a local sweep (-m): run one fold at a time without -m "
+                          "(data.fold=k), or sweep on SLURM with hydra/launcher=slurm_ddp")
+
+
+def _prepared_datamodule(cfg: DictConfig) -> CohortDataModule:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule: CohortDataModule = instantiate(cfg.data, _convert_="object")
     datamodule.prepare_data()
+    return datamodule
+
+
+def _claim(run_dir: Path, cfg: DictConfig, chash: str, datamodule: CohortDataModule) -> None:
+    """Make ``run_dir`` this config's: set aside another config's outputs, then write job.json and config.yaml."""
+    job = read_job(run_dir)
+    owner = job.get("config_hash") if job else None
+    if owner != chash:
+        where = set_aside(run_dir, str(owner or "unknown"))
+        if where is not None:
+            console.print(f"[yellow]{_job_name(cfg)}: the folder held the outputs of another config "
+                          f"({owner or 'unknown'}); set aside in {where}[/yellow]", highlight=False)
+    elif cfg.get("force", False):
+        set_aside(run_dir, f"{chash}-forced")
+    write_job(run_dir, {"config_hash": chash, "cohort": datamodule.cohort_identity(),
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "pid": os.getpid()})
+    write_config(run_dir, cfg)
+
+
+def _resume_path(checkpoints: ModelCheckpoint | None, run_dir: Path, chash: str) -> str | None:
+    """``last.ckpt`` when it exists, is readable and was written by this config; otherwise set it aside."""
+    if checkpoints is None or not checkpoints.dirpath:
+        return None
+    last = Path(checkpoints.dirpath) / LAST_CHECKPOINT
+    if not last.is_file():
+        return None
+    try:
+        owner = torch.load(last, map_location="cpu", weights_only=True).get(RUN_IDENTITY_KEY, {}).get("config_hash")
+        why = None if owner == chash else f"it was written by config {owner or 'unknown'}, this run is {chash}"
+    except Exception as err:  # a checkpoint cut short by a kill
+        why = f"it cannot be read ({type(err).__name__}: {err})"
+    if why is None:
+        console.print(f"resuming from {last}", highlight=False)
+        return str(last)
+    where = set_aside(run_dir, "checkpoints-not-resumed", [CHECKPOINT_DIR])
+    console.print(f"[yellow]not resuming from {last}: {why}; set aside in {where}; training from the start",
+                  highlight=False)
+    return None
+
+
+def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: CohortDataModule) -> dict[str, Any]:
     datamodule.setup("fit")
+    writer = launched_rank() == 0
     sizes = datamodule.split_sizes()
-    console.print(f"[bold]{cfg.experiment.arm}[/bold] fold {cfg.data.fold}: " + ", ".join(
-        f"{name} {s['films']} films / {s['patients']} patients ({s['positives']} positive)"
-        for name, s in sizes.items()))
+    if writer:
+        console.print(f"[bold]{cfg.experiment.arm}[/bold] fold {cfg.data.fold}: " + ", ".join(
+            f"{name} {s['films']} films / {s['patients']} patients ({s['positives']} positive)"
+            for name, s in sizes.items()), highlight=False)
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # model init independent of data preparation
     net = instantiate(cfg.model, _convert_="object")
@@ -115,32 +219,30 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> dict[str, Any
         net=net, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         weight_decay=float(cfg.weight_decay), threshold=float(cfg.threshold),
-        save_features=bool(cfg.get("save_features", True)),
+        save_features=bool(cfg.get("save_features", True)), run_identity={"config_hash": chash},
     )
-    write_config(run_dir, cfg)
     callbacks = _instantiate_dict(cfg.get("callbacks"))
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=_build_loggers(cfg) or False, callbacks=callbacks,
-                                     default_root_dir=str(run_dir))
-    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=_build_loggers(cfg) or False,
+                                     callbacks=list(callbacks.values()), default_root_dir=str(run_dir))
+    best_cb, last_cb = callbacks.get("checkpoint"), callbacks.get("last_checkpoint")
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     total = sum(p.numel() for p in net.parameters())
 
     started = time.perf_counter()
     test_ckpt: str | None = None
     if trainable > 0 and int(cfg.trainer.get("max_epochs", 1)) > 0:
-        last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint and checkpoint.dirpath else None
-        resume = str(last) if last is not None and last.is_file() else None
-        if resume:
-            console.print(f"resuming from {resume}")
+        resume = _resume_path(last_cb or best_cb, run_dir, chash) if writer else _rank_zero_resume(last_cb or best_cb)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        if checkpoint is not None:
-            test_ckpt = checkpoint.best_model_path if cfg.selection == "best" and checkpoint.best_model_path \
-                else checkpoint.last_model_path or None
-    else:
+        test_ckpt = _selected_checkpoint(cfg.selection, best_cb, last_cb)
+    elif writer:
         console.print(f"{cfg.experiment.arm} has no trainable parameters: evaluating without training")
     train_seconds = time.perf_counter() - started
+    epochs_run = int(trainer.current_epoch)
 
-    trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+    tester = _single_process_tester(trainer, cfg)
+    if tester is None:  # a DDP child: rank 0 tests the whole test set alone
+        return {}
+    tester.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
     peak_mb, peak_kind = _peak_memory_mb()
     test_set = datamodule.datasets["test"]
     preds = module.test_predictions
@@ -156,24 +258,62 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> dict[str, Any
         **{k: round(v, 4) for k, v in module.test_results.items()},
         "fold": int(cfg.data.fold), "arm": str(cfg.experiment.arm), "label": str(cfg.experiment.label),
         "experiment": str(cfg.experiment.name), "seed": int(cfg.seed),
+        "debug": cfg.experiment.get("debug"),
         "trainable_params": int(trainable), "total_params": int(total),
         "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": peak_kind,
-        "train_seconds": round(train_seconds, 2), "epochs_run": int(trainer.current_epoch),
+        "train_seconds": round(train_seconds, 2), "epochs_run": epochs_run,
         "selection": str(cfg.selection), "selection_split": str(cfg.data.selection_split),
         "checkpoint": str(Path(test_ckpt).relative_to(run_dir)) if test_ckpt and Path(test_ckpt).is_relative_to(run_dir)
         else test_ckpt,
-        "splits": sizes, "config_hash": chash, "cohort_folder": str(datamodule.cohort_folder.resolve()),
+        "splits": sizes, "config_hash": chash, "cohort": datamodule.cohort_identity(),
+        "cohort_name": datamodule.cohort_name, "cohort_folder": str(datamodule.cohort_folder.resolve()),
     }
     write_metrics(run_dir, metrics)
-    if checkpoint is not None and cfg.selection == "best":
-        last = Path(checkpoint.dirpath) / "last.ckpt"
+    if last_cb is not None and cfg.selection == "best" and last_cb.dirpath:
+        last = Path(last_cb.dirpath) / LAST_CHECKPOINT
         if test_ckpt and Path(test_ckpt) != last:
             last.unlink(missing_ok=True)  # only needed to resume an interrupted run; the run is complete
     _log_summary(trainer, metrics)
     console.print(f"[bold]{cfg.experiment.arm}[/bold] fold {cfg.data.fold}: " + ", ".join(
         f"{k.split('/')[1]} {metrics[k]:.1f}" for k in ("test/sensitivity", "test/specificity", "test/accuracy",
-                                                          "test/auc", "test/avg")) + f"  -> {run_dir}")
+                                                          "test/auc", "test/avg")) + f"  -> {run_dir}",
+                  highlight=False)
     return metrics
+
+
+def _rank_zero_resume(checkpoints: ModelCheckpoint | None) -> str | None:
+    """A DDP child resumes from the checkpoint rank 0 resumes from (rank 0 has set aside any foreign one)."""
+    if checkpoints is None or not checkpoints.dirpath:
+        return None
+    last = Path(checkpoints.dirpath) / LAST_CHECKPOINT
+    return str(last) if last.is_file() else None
+
+
+def _selected_checkpoint(selection: str, best_cb: ModelCheckpoint | None,
+                         last_cb: ModelCheckpoint | None) -> str | None:
+    """The checkpoint to test: the best on validation (``selection=best``) or the last epoch's."""
+    if selection == "best" and best_cb is not None and best_cb.best_model_path:
+        return best_cb.best_model_path
+    if last_cb is not None and last_cb.best_model_path:  # the last-epoch callback keeps one file, the newest
+        return last_cb.best_model_path
+    return None
+
+
+def _single_process_tester(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer | None:
+    """The trainer to test with: ``trainer`` itself, or after multi-process training a one-device trainer on
+    rank 0 (a DistributedSampler would split and pad the test set); None on the other ranks."""
+    if trainer.world_size <= 1:
+        return trainer
+    rank = trainer.global_rank
+    trainer.strategy.barrier("pneumollm-before-test")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # metrics must not try to sync with ranks that have left
+    if rank != 0:
+        return None
+    return L.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1,
+                     precision=cfg.trainer.get("precision", "32-true"), logger=False, enable_checkpointing=False,
+                     enable_model_summary=False, deterministic=cfg.trainer.get("deterministic", False),
+                     enable_progress_bar=False, default_root_dir=str(cfg.paths.run_dir))
 
 
 def _log_summary(trainer: L.Trainer, metrics: dict[str, Any]) -> None:

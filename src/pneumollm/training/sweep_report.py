@@ -1,0 +1,62 @@
+"""The end of a sweep: a summary of the jobs that failed, and a non-zero exit status when any did.
+
+A Hydra callback (``hydra.callbacks`` in ``conf/train.yaml``) notes when the sweep starts and, when it ends,
+lists the run folders under the sweep folder whose ``failed.json`` was written during the sweep. It reads
+the folders rather than the launcher's return values, so it works for every launcher (local, SLURM).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from pneumollm.training.records import FAILED, FAILED_FILE, run_status
+
+# Failures of the last sweep of this process (run folder, error), read by the console script for its exit code.
+LAST_SWEEP_FAILURES: list[tuple[Path, str]] = []
+
+
+def failed_since(sweep_dir: Path, since: float) -> list[tuple[Path, str]]:
+    """Run folders under ``sweep_dir`` whose newest attempt failed after ``since`` (a time.time() value)."""
+    from pneumollm.analysis.collect import run_dirs_under  # the analysis side lists run folders
+
+    if not sweep_dir.is_dir():
+        return []
+    found = []
+    for run_dir in run_dirs_under(sweep_dir):
+        failure = run_dir / FAILED_FILE
+        if failure.is_file() and failure.stat().st_mtime >= since:
+            status = run_status(run_dir)
+            if status.state == FAILED:
+                found.append((run_dir, status.reason))
+    return found
+
+
+class FailedJobsReport(Callback):
+    """Prints the failed jobs of a sweep at its end and records them for the exit status."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time() - 1.0  # file times can be coarser than the clock
+        LAST_SWEEP_FAILURES.clear()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+        except Exception as err:  # an unresolvable sweep folder must not hide the sweep's own outcome
+            print(f"warning: cannot list the sweep's failed jobs ({type(err).__name__}: {err})", file=sys.stderr)
+            return
+        failures = failed_since(sweep_dir, self.started)
+        LAST_SWEEP_FAILURES[:] = failures
+        if failures:
+            lines = [f"{len(failures)} job(s) of this sweep failed (each run folder holds failed.json with the "
+                     "traceback; rerunning the sweep retries them and skips finished jobs):"]
+            lines += [f"  - {run_dir}: {reason}" for run_dir, reason in failures]
+            print("\n".join(lines), file=sys.stderr, flush=True)
