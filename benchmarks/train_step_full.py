@@ -8,6 +8,8 @@ AdamW steps under autocast on random films. Writes a JSON with the mean step tim
     python benchmarks/train_step_full.py                       # GPU, full size
     python benchmarks/train_step_full.py --tiny --device cpu   # CPU smoke test with the tiny model
     python benchmarks/train_step_full.py token_engine.m=8      # any model override
+    python benchmarks/train_step_full.py llm.quantization=nf4  # low-memory trunk (bitsandbytes)
+    python benchmarks/train_step_full.py --compile             # torch.compile of the whole model
 
 The loss is plain cross-entropy on random labels: the step's cost does not depend on which loss trains it.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Sequence
@@ -53,6 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="autocast dtype (default: bfloat16 on CUDA, none on CPU)")
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up steps compile)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step_full.json"))
     return parser.parse_args(argv)
@@ -67,7 +71,7 @@ def model_config(args: argparse.Namespace, on_cuda: bool):
             picked[key] = value
         else:
             dotlist.append(item)
-    frozen = args.frozen_dtype or ("bfloat16" if on_cuda else "float32")
+    frozen = args.frozen_dtype or ("bfloat16" if on_cuda or not args.tiny else "float32")
     base = compose_model_config(picked)
     fixed = []
     for group in ("encoder", "llm"):
@@ -101,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if on_cuda:  # the peak then covers training only (building briefly holds the unused token embedding)
         torch.cuda.reset_peak_memory_stats(device)
 
+    forward = torch.compile(model) if args.compile else model
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.02)
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -110,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def step() -> float:
         optimiser.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=getattr(torch, autocast, None), enabled=autocast != "none"):
-            logits = model(images)
+            logits = forward(images)
         loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         loss.backward()
         optimiser.step()
@@ -142,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "frozen_dtype": frozen,
         "autocast": autocast,
         "attn_implementation": args.attn,
+        "compile": args.compile,
         "trainable_parameters": counts.trainable,
         "total_parameters": counts.total,
         "unused_embedding_parameters_dropped": counts.excluded,
@@ -155,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "weights_memory_bytes": weights_bytes,
         "max_memory_allocated_bytes": peak,
         "max_memory_allocated_gib": peak / 2**30 if peak is not None else None,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # Linux reports KiB
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -86,8 +86,9 @@ def test_probability_is_the_softmax_over_the_answer_tokens_lm_head_logits(images
 
 def test_image_features_are_the_second_to_last_blocks_tokens(images: torch.Tensor) -> None:
     encoder = FrozenClipFeatures(**TINY_VISION, init_seed=0)
-    torch.manual_seed(0)
-    reference = CLIPVisionModel(CLIPVisionConfig(**TINY_CLIP_VISION)).eval()
+    reference = CLIPVisionModel(CLIPVisionConfig(**TINY_CLIP_VISION)).eval()  # all 6 blocks, the encoder's weights
+    missing, unexpected = reference.load_state_dict(encoder.model.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("encoder.layers.5.") for k in missing)
     with torch.no_grad():
         states = reference(pixel_values=InputNormalizer("clip")(images), output_hidden_states=True).hidden_states
         features = encoder(images)

@@ -123,3 +123,26 @@ def test_every_arm_config_belongs_to_a_sweep() -> None:
     swept = {arm for sweep in SWEEPS for arm in _arms(sweep) if arm}
     assert arms == swept, (f"arms without a sweep: {sorted(arms - swept)}; "
                            f"unknown arms in sweeps: {sorted(swept - arms)}")
+
+
+@pytest.mark.slow
+def test_two_sweeps_into_one_folder_at_once_train_each_job_once(toy_manifest: Path, tmp_path: Path) -> None:
+    def start() -> subprocess.Popen:
+        command = [sys.executable, "-m", "pneumollm.cli.train", "--config-dir", str(experiments_dir()),
+                   "--config-name", "table4", "-m", "data=manifest", f"data.source.manifest={toy_manifest}",
+                   "lungs=none", "data.num_folds=2", "data.fold=0,1", "data.val_fraction=0.25",
+                   "data.min_film_size=16", "data.progress=false", "data.preprocess_workers=1",
+                   "trainer.max_epochs=3", "logger=none", "callbacks.progress=null", f"paths.root_dir={tmp_path}"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
+        return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    first, second = start(), start()
+    outputs = [p.communicate(timeout=900) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, [err[-2000:] for _, err in outputs]
+    logs = "".join(out + err for out, err in outputs)
+    metrics = _metrics(tmp_path)
+    assert len(metrics) == 4 and not list(tmp_path.rglob("failed.json"))
+    trained = logs.count("-> ")  # each finished training prints "<metrics>  -> <run dir>" once
+    assert trained == 4, logs[-4000:]
+    assert not list(tmp_path.rglob(".superseded"))  # neither sweep took the other's folders for stale ones

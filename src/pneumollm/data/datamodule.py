@@ -47,19 +47,29 @@ IMAGE, LABEL, INDEX = "image", "label", "index"
 
 
 class FilmDataset(Dataset):
-    """Preprocessed films held in memory as uint8 [N, 1, H, W]; items are dicts (image float in [0, 1])."""
+    """Preprocessed films held in memory as uint8 [N, 1, H, W]; items are dicts (image float in [0, 1]).
+
+    After ``set_inputs`` the items carry those tensors instead of the images (a frozen prefix's features).
+    """
 
     def __init__(self, films: list[PreparedFilm], images: torch.Tensor) -> None:
         self.films = films
         self.images = images
         self.labels = torch.tensor([f.label for f in films], dtype=torch.long)
+        self.inputs: torch.Tensor | None = None
+
+    def set_inputs(self, inputs: torch.Tensor) -> None:
+        """Serve ``inputs[i]`` (one row per film, in this dataset's order) in place of the image."""
+        if len(inputs) != len(self.films):
+            raise ValueError(f"{len(inputs)} inputs for {len(self.films)} films")
+        self.inputs = inputs
 
     def __len__(self) -> int:
         return len(self.films)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {
-            IMAGE: self.images[index].float().div_(255.0),
+            IMAGE: self.images[index].float().div_(255.0) if self.inputs is None else self.inputs[index],
             LABEL: self.labels[index],
             INDEX: index,
         }

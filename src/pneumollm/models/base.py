@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +38,35 @@ class InputNormalizer(nn.Module):
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
 
+@dataclass
+class FrozenPrefix:
+    """The frozen first part of a model's image path: ``module`` maps films [B, 1, H, W] in [0, 1] to features
+    that never change while the rest trains, so they may be computed once per film (``feature_cache``).
+
+    ``settings``: what besides its weights decides its output (which blocks' tokens it takes, its attention
+    implementation...), part of the cache key (see ``module_settings``).
+    """
+
+    module: nn.Module
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def module_settings(module: nn.Module) -> dict[str, Any]:
+    """The plain settings of ``module`` and its submodules: their int/float/str/bool/list attributes and the
+    Hugging Face configs they hold. Weights and buffers are not included (the cache key hashes those)."""
+    plain = (bool, int, float, str, list, tuple)
+    settings: dict[str, Any] = {}
+    for name, sub in module.named_modules():
+        own = {k: v for k, v in vars(sub).items()
+               if not k.startswith("_") and k != "training" and isinstance(v, plain)}
+        config = getattr(sub, "config", None)
+        if hasattr(config, "to_dict"):
+            own["config"] = config.to_dict()
+        if own:
+            settings[name or "."] = own
+    return settings
+
+
 class ImageClassifier(nn.Module):
     """Base class of every model the training module can drive.
 
@@ -58,6 +89,14 @@ class ImageClassifier(nn.Module):
         """``(forward(images), extract_features(images))``; models whose features lie on the way to the
         logits override it to run the network once."""
         return self(images), self.extract_features(images)
+
+    def frozen_prefix(self) -> FrozenPrefix | None:
+        """The frozen first part of the image path whose output the training loop may cache, or None."""
+        return None
+
+    def forward_from_prefix(self, prefix_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward_with_features`` from the output of ``frozen_prefix().module`` instead of the films."""
+        raise NotImplementedError(f"{type(self).__name__} has no frozen prefix")
 
     def trainable_parameter_count(self) -> int:
         """Number of parameters that receive gradients."""

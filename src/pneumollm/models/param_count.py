@@ -1,13 +1,17 @@
-"""Parameter accounting of PneumoLLM configurations, built on the ``meta`` device (no memory, no download).
+"""Parameter and weight-memory accounting of PneumoLLM configurations, built on the ``meta`` device (no
+memory, no download).
 
 ``python -m pneumollm.models.param_count`` prints the trainable/total counts of the full-size model for
-every encoder and LLM choice (the table in docs/model.md). The paper's configuration
-(CLIP ViT-L/14 + LLaMA-7B, m = 4, adapter hidden 8, neck 128) has exactly 2,704,000 trainable parameters.
+every encoder and LLM choice (the table in docs/model.md), then the bytes of the paper configuration's
+weights with the frozen backbones in fp32, bf16/fp16, or with an int8 / nf4 LLM trunk, and which card sizes
+hold them. The paper's configuration (CLIP ViT-L/14 + LLaMA-7B, m = 4, adapter hidden 8, neck 128) has
+exactly 2,704,000 trainable parameters.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,7 @@ import hydra.utils
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pneumollm.models.components.quantization import QuantSpec, quantizable_linears
 from pneumollm.models.pneumollm import PneumoLLM
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
@@ -78,7 +83,13 @@ class ParameterCounts:
     def of(cls, model: torch.nn.Module) -> ParameterCounts:
         excluded = sum(getattr(m, "excluded_parameter_count", 0) for m in model.modules())
         return cls(trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                   total=sum(p.numel() for p in model.parameters()), excluded=excluded)
+                   total=sum(parameter_numel(p) for p in model.parameters()), excluded=excluded)
+
+
+def parameter_numel(param: torch.Tensor) -> int:
+    """The number of weights a parameter stands for (an nf4 parameter stores two per byte)."""
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    return math.prod(shape) if shape is not None else param.numel()
 
 
 def trainable_breakdown(model: PneumoLLM) -> dict[str, int]:
@@ -90,9 +101,7 @@ def trainable_breakdown(model: PneumoLLM) -> dict[str, int]:
 def full_size_counts(choices: dict[str, str], overrides: Sequence[str] = (),
                      conf_dir: str | Path | None = None) -> tuple[ParameterCounts, dict[str, int]]:
     """Counts of a configuration built full size on the meta device (pretrained backbones as architectures)."""
-    cfg = compose_model_config(choices, conf_dir=conf_dir)
-    cfg = compose_model_config(choices, [*offline_architecture_overrides(cfg), *overrides], conf_dir)
-    model = build_model(cfg, device="meta")
+    model = full_size_model(choices, overrides, conf_dir)
     return ParameterCounts.of(model), trainable_breakdown(model)
 
 
@@ -130,6 +139,101 @@ def markdown_table(conf_dir: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
+# How the frozen backbones are stored: element size of every frozen backbone weight, and the LLM trunk's
+# quantisation (its linear layers only; norms, encoder and the rest stay 2-byte).
+WEIGHT_OPTIONS: dict[str, tuple[int, QuantSpec | None]] = {
+    "fp32": (4, None),
+    "bf16/fp16": (2, None),
+    "int8 trunk": (2, QuantSpec("int8")),
+    "nf4 trunk": (2, QuantSpec("nf4", double_quant=False)),
+    "nf4+dq trunk": (2, QuantSpec("nf4", double_quant=True)),
+}
+CARD_GIB = (8, 16, 24)
+BYTES_NOTE = ("GB = 1e9 bytes; a card of N GB holds N GiB; activations and workspace come on top of the "
+              "total, see docs/model.md")
+TRAINING_BYTES_PER_TRAINABLE = 16  # fp32 parameter + gradient + AdamW's two moments
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    """Bytes of a model's weights under one storage option (activations not included)."""
+
+    option: str
+    encoder: int  # frozen encoder weights
+    llm: int  # frozen LLM trunk weights
+    other_frozen: int  # any other frozen weight (e.g. a frozen CMTE), in its own dtype
+    trainable: int  # trainable parameters, fp32
+
+    @property
+    def frozen(self) -> int:
+        return self.encoder + self.llm + self.other_frozen
+
+    @property
+    def training(self) -> int:
+        """Trainable parameters with their gradients and AdamW moments."""
+        return self.trainable // 4 * TRAINING_BYTES_PER_TRAINABLE
+
+    @property
+    def total(self) -> int:
+        """Frozen weights + the training state of the trainable ones (no activations, no workspace)."""
+        return self.frozen + self.training
+
+    def fits(self, card_gib: int) -> bool:
+        """Whether ``total`` fits a card of ``card_gib`` GiB (what a "24 GB" card holds)."""
+        return self.total <= card_gib * 2**30
+
+
+def weight_bytes(model: PneumoLLM, option: str) -> WeightBytes:
+    """The bytes of ``model``'s weights with its frozen backbones stored as ``option`` (``WEIGHT_OPTIONS``).
+
+    Works on ``meta`` models: only shapes are read. Frozen weights of a backbone that has a ``frozen_dtype``
+    (the vision tower, the LLM trunk) take the option's element size; with a quantised option the trunk's
+    frozen ``nn.Linear`` weights take ``QuantSpec.weight_bytes`` instead (the layers a quantised build
+    converts). Other frozen weights keep their dtype; trainable ones are fp32.
+    """
+    element, quant = WEIGHT_OPTIONS[option]
+    quantized: dict[int, torch.nn.Linear] = {}
+    trunk = getattr(model.llm, "model", None)
+    if quant is not None and trunk is not None:
+        quantized = {id(m.weight): m for _, m in quantizable_linears(trunk) if not m.weight.requires_grad}
+    parts = {"encoder": 0, "llm": 0, "other_frozen": 0, "trainable": 0}
+    backbone_of = {id(p): name for name in ("encoder", "llm") if hasattr(getattr(model, name), "frozen_dtype")
+                   for p in getattr(model, name).parameters()}
+    for p in model.parameters():
+        if p.requires_grad:
+            parts["trainable"] += p.numel() * 4
+        elif id(p) in quantized:
+            linear = quantized[id(p)]
+            parts["llm"] += quant.weight_bytes(linear.out_features, linear.in_features)
+        elif id(p) in backbone_of:
+            parts[backbone_of[id(p)]] += p.numel() * element
+        else:
+            parts["other_frozen"] += p.numel() * p.element_size()
+    return WeightBytes(option, **parts)
+
+
+def full_size_model(choices: dict[str, str], overrides: Sequence[str] = (),
+                    conf_dir: str | Path | None = None) -> PneumoLLM:
+    """A configuration built full size on the meta device (pretrained backbones as their architectures)."""
+    cfg = compose_model_config(choices, conf_dir=conf_dir)
+    cfg = compose_model_config(choices, [*offline_architecture_overrides(cfg), *overrides], conf_dir)
+    return build_model(cfg, device="meta")
+
+
+def bytes_table(model: PneumoLLM) -> str:
+    """Markdown: the weights' bytes under every ``WEIGHT_OPTIONS`` entry and the cards they fit."""
+    gb = lambda n: f"{n / 1e9:.2f}"
+    cards = " | ".join(f"{c} GB card" for c in CARD_GIB)
+    lines = [f"| frozen weights as | encoder GB | LLM trunk GB | other frozen GB | frozen GB | trainable + grads + "
+             f"AdamW GB | total GB | {cards} |", "|---|" + "---:|" * (6 + len(CARD_GIB))]
+    for option in WEIGHT_OPTIONS:
+        b = weight_bytes(model, option)
+        fits = " | ".join("fits" if b.fits(c) else "no" for c in CARD_GIB)
+        lines.append(f"| {option} | {gb(b.encoder)} | {gb(b.llm)} | {gb(b.other_frozen)} | {gb(b.frozen)} | "
+                     f"{gb(b.training)} | {gb(b.total)} | {fits} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: print the table, or the counts and breakdown of one configuration."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -139,14 +243,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.overrides:
         print(markdown_table(args.conf_dir))
+        print(f"\nWeights of the paper configuration ({BYTES_NOTE}):\n")
+        print(bytes_table(full_size_model(PAPER_CHOICES, conf_dir=args.conf_dir)))
         return
     choices = {k: v for k, _, v in (o.partition("=") for o in args.overrides) if k in (*GROUPS, "model")}
     dotlist = [o for o in args.overrides if o.partition("=")[0] not in choices]
-    counts, parts = full_size_counts({**PAPER_CHOICES, **choices}, dotlist, args.conf_dir)
-    for name, n in parts.items():
+    model = full_size_model({**PAPER_CHOICES, **choices}, dotlist, args.conf_dir)
+    counts = ParameterCounts.of(model)
+    for name, n in trainable_breakdown(model).items():
         print(f"{name:>14}: {n:>14,} trainable")
     print(f"{'trainable':>14}: {counts.trainable:>14,}")
     print(f"{'total':>14}: {counts.total:>14,} (+{counts.excluded:,} unused token-embedding weights dropped)")
+    print(f"\nWeights ({BYTES_NOTE}):\n")
+    print(bytes_table(model))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pneumollm.models.base import ImageClassifier
+from pneumollm.models.base import FrozenPrefix, ImageClassifier, module_settings
 from pneumollm.models.components.emitter import InformationEmitter
 from pneumollm.models.components.encoders import VisionEncoder
 from pneumollm.models.components.head import MeanLinearHead
@@ -61,9 +61,10 @@ class PneumoLLM(ImageClassifier):
 
     def trunk_input(self, images: torch.Tensor) -> torch.Tensor:
         """The neck's output Y [B, d+m, trunk width]: source tokens, then diagnosis tokens."""
-        source = self.encoder(images)
-        tokens = torch.cat([source, self.token_engine(source)], dim=1)
-        return self.neck(tokens)
+        return self._neck_output(self.encoder(images))
+
+    def _neck_output(self, source: torch.Tensor) -> torch.Tensor:
+        return self.neck(torch.cat([source, self.token_engine(source)], dim=1))
 
     def trunk_output(self, trunk_input: torch.Tensor) -> torch.Tensor:
         """Run the trunk with the emitter's mask on Y [B, d+m, width] -> Z [B, d+m, width]."""
@@ -81,6 +82,17 @@ class PneumoLLM(ImageClassifier):
 
     def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.extract_features(images)
+        return self.head.classify(features), features
+
+    def frozen_prefix(self) -> FrozenPrefix | None:
+        """The encoder, when nothing in it trains (no adapters, a frozen backbone): its source tokens."""
+        if any(p.requires_grad for p in self.encoder.parameters()):
+            return None
+        return FrozenPrefix(self.encoder, module_settings(self.encoder))
+
+    def forward_from_prefix(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, head-input features) from the encoder's source tokens [B, d, width]."""
+        features = self.head.pool(self.trunk_output(self._neck_output(source)))
         return self.head.classify(features), features
 
     def fold_adapters(self) -> int:

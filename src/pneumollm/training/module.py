@@ -84,6 +84,7 @@ class ClassificationModule(L.LightningModule):
         self.threshold = threshold
         self.save_features = save_features
         self.run_identity = dict(run_identity or {})
+        self.from_prefix = False  # batches carry the frozen prefix's cached features instead of images
         self.strict_loading = False  # checkpoints hold the trainable weights only
         self.val_metrics = paper_metrics(threshold).clone(prefix="val/")
         self.test_metrics = paper_metrics(threshold).clone(prefix="test/")
@@ -96,18 +97,24 @@ class ClassificationModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_from_prefix(inputs)[0] if self.from_prefix else self.net(inputs)
+
+    def _logits_and_features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.forward_from_prefix(inputs) if self.from_prefix else self.net.forward_with_features(inputs)
+
     def has_trainable_parameters(self) -> bool:
         return any(p.requires_grad for p in self.net.parameters())
 
     # ---- steps -------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits = self.net(batch[IMAGE])
+        logits = self._logits(batch[IMAGE])
         loss = self.loss_fn(logits.float(), batch[LABEL])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self.net(batch[IMAGE]).float()
+        logits = self._logits(batch[IMAGE]).float()
         self._val_losses.append(self.loss_fn(logits, batch[LABEL]).detach() * len(logits))
         self.val_metrics.update(self.loss_fn.positive_probability(logits), batch[LABEL])
 
@@ -125,10 +132,10 @@ class ClassificationModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.save_features:
-            logits, features = self.net.forward_with_features(batch[IMAGE])
+            logits, features = self._logits_and_features(batch[IMAGE])
             self._test_features.append(features.float().flatten(1).detach().cpu())
         else:
-            logits = self.net(batch[IMAGE])
+            logits = self._logits(batch[IMAGE])
         probs = self.loss_fn.positive_probability(logits.float())
         self.test_metrics.update(probs, batch[LABEL])
         self._test_rows.append((batch[INDEX].detach().cpu(), batch[LABEL].detach().cpu(), probs.detach().cpu()))

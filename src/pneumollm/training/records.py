@@ -38,7 +38,8 @@ RESULT_FILES = (METRICS_FILE, PREDICTIONS_FILE, FEATURES_FILE, FAILED_FILE, CONF
 # Settings that do not change what a run computes (where it writes, how it reports progress, how tables show it).
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "callbacks.progress", "data.num_workers", "data.progress",
                      "data.preprocess_workers", "experiment.label", "experiment.group", "experiment.reference",
-                     "experiment.curve", "experiment.curve_label", "experiment.folder", "force", "save_features")
+                     "experiment.curve", "experiment.curve_label", "experiment.folder", "force", "save_features",
+                     "feature_cache")
 # Where inputs and outputs live. The cohort's content stands in for them (``cohort_identity`` in the hash), so
 # a moved cohort or a copied results folder keeps its hash, and a changed film changes it.
 LOCATION_KEYS = ("callbacks.checkpoint.dirpath", "callbacks.last_checkpoint.dirpath", "data.prepared_dir",

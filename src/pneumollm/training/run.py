@@ -27,7 +27,9 @@ from rich.console import Console
 
 from pneumollm.data.datamodule import CohortDataModule
 from pneumollm.errors import ConfigError, UserError, describe, find_user_error
+from pneumollm.models.param_count import ParameterCounts
 from pneumollm.training.module import RUN_IDENTITY_KEY, ClassificationModule
+from pneumollm.training.prefix_cache import CACHE_DIR, cache_prefix_features, plan_prefix_cache
 from pneumollm.training.records import (
     CHECKPOINT_DIR,
     FAILED_FILE,
@@ -152,12 +154,23 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
 def _check_launch(cfg: DictConfig) -> None:
     """Refuse DDP inside a local sweep: Lightning starts the other ranks by re-running the command line,
     which in a Hydra multirun would start the whole sweep again in every rank."""
+    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer={_choice('trainer')} needs a CUDA GPU and none is visible; add trainer=cpu to run "
+                          "on the CPU (the full size then needs about 16 GB of RAM in bf16, see README 'Running at "
+                          "full size')")
     strategy = str(cfg.trainer.get("strategy", "auto"))
     several = str(cfg.trainer.get("devices", 1)) not in ("1", "auto")
     managed = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1  # SLURM starts every rank itself
     if strategy.startswith("ddp") and several and _in_multirun() and not managed:
         raise ConfigError("trainer=ddp cannot run inside a local sweep (-m): run one fold at a time without -m "
                           "(data.fold=k), or sweep on SLURM with hydra/launcher=slurm_ddp")
+
+
+def _choice(group: str) -> str:
+    """The chosen config of ``group`` (e.g. ``gpu`` for trainer), or ``?`` outside the Hydra app."""
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get(group, "?"))
+    return "?"
 
 
 def _prepared_datamodule(cfg: DictConfig) -> CohortDataModule:
@@ -225,8 +238,9 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     trainer: L.Trainer = instantiate(cfg.trainer, logger=_build_loggers(cfg) or False,
                                      callbacks=list(callbacks.values()), default_root_dir=str(run_dir))
     best_cb, last_cb = callbacks.get("checkpoint"), callbacks.get("last_checkpoint")
-    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in net.parameters())
+    counts = ParameterCounts.of(net)  # nf4 weights counted by their logical size, not their packed storage
+    trainable, total = counts.trainable, counts.total
+    cache_key = _use_prefix_cache(cfg, net, module, trainer, datamodule, writer)
 
     started = time.perf_counter()
     test_ckpt: str | None = None
@@ -265,7 +279,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
         "selection": str(cfg.selection), "selection_split": str(cfg.data.selection_split),
         "checkpoint": str(Path(test_ckpt).relative_to(run_dir)) if test_ckpt and Path(test_ckpt).is_relative_to(run_dir)
         else test_ckpt,
-        "splits": sizes, "config_hash": chash, "cohort": datamodule.cohort_identity(),
+        "splits": sizes, "config_hash": chash, "cohort": datamodule.cohort_identity(), "feature_cache": cache_key,
         "cohort_name": datamodule.cohort_name, "cohort_folder": str(datamodule.cohort_folder.resolve()),
     }
     write_metrics(run_dir, metrics)
@@ -279,6 +293,27 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
                                                           "test/auc", "test/avg")) + f"  -> {run_dir}",
                   highlight=False)
     return metrics
+
+
+def _use_prefix_cache(cfg: DictConfig, net: Any, module: ClassificationModule, trainer: L.Trainer,
+                      datamodule: CohortDataModule, writer: bool) -> str | None:
+    """Serve the frozen prefix's cached features instead of images where that is valid (``feature_cache``)."""
+    prefix = plan_prefix_cache(net, str(cfg.get("feature_cache", "auto")))
+    if prefix is None or not any(p.requires_grad for p in net.parameters()):
+        return None  # nothing trains: the test films go through once, a cache would only add the other splits
+    started = time.perf_counter()
+    key, computed = cache_prefix_features(
+        prefix, datamodule.datasets.values(), datamodule.cohort_folder / CACHE_DIR,
+        device=trainer.strategy.root_device, precision=str(trainer.precision),
+        context=trainer.precision_plugin.forward_context, batch_size=datamodule.eval_batch_size,
+        extra={"preprocessing": datamodule.cohort_identity()["preprocessing"]}, write=writer,
+        progress=writer and bool(cfg.data.get("progress", True)))
+    module.from_prefix = True
+    if writer:
+        films = sum(len(ds) for ds in datamodule.datasets.values())
+        console.print(f"frozen-prefix features of {films} films from the cache ({computed} computed now, "
+                      f"{time.perf_counter() - started:.1f} s; {CACHE_DIR}/{key}.pt)", highlight=False)
+    return key
 
 
 def _rank_zero_resume(checkpoints: ModelCheckpoint | None) -> str | None:

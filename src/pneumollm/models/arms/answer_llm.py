@@ -52,7 +52,7 @@ def build_causal_lm(
     model = load_or_build(LlamaForCausalLM, LlamaConfig, LLAMA_ARCHITECTURES, pretrained=pretrained,
                           name_or_path=name_or_path, architecture=architecture, config_overrides=config_overrides,
                           frozen_dtype=frozen_dtype, attn_implementation=attn_implementation, init_seed=init_seed,
-                          loader=AutoModelForCausalLM)
+                          loader=AutoModelForCausalLM).model
     _check_causal_lm(model, str(name_or_path if pretrained else architecture))
     return model
 

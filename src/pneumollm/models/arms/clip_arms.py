@@ -22,7 +22,7 @@ from pneumollm.models.arms.clip_backbone import (
     cosine_logits,
 )
 from pneumollm.models.arms.prompt_learners import PromptLearner
-from pneumollm.models.base import ImageClassifier
+from pneumollm.models.base import FrozenPrefix, ImageClassifier, module_settings
 
 
 class ZeroShotCLIP(ImageClassifier):
@@ -54,7 +54,13 @@ class ZeroShotCLIP(ImageClassifier):
         return self.forward_with_features(images)[0]
 
     def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.clip.encode_image(images)
+        return self.forward_from_prefix(self.clip.encode_image(images))
+
+    def frozen_prefix(self) -> FrozenPrefix:
+        return _image_prefix(self.clip)
+
+    def forward_from_prefix(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, normalised embedding) from CLIP's image embeddings [B, P]."""
         return cosine_logits(image, self.text_features(), self.clip.logit_scale()), F.normalize(image, dim=-1)
 
 
@@ -91,7 +97,14 @@ class LinearProbeCLIP(ImageClassifier):
         return self.forward_with_features(images)[0]
 
     def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.extract_features(images)
+        return self.forward_from_prefix(self.clip.encode_image(images))
+
+    def frozen_prefix(self) -> FrozenPrefix:
+        return _image_prefix(self.clip)
+
+    def forward_from_prefix(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the probe's input) from CLIP's image embeddings [B, P]."""
+        features = F.normalize(image, dim=-1) if self.normalize_features else image
         z = self.probe(features)
         return torch.cat([torch.zeros_like(z), z], dim=1), features
 
@@ -146,7 +159,16 @@ class CoOpCLIP(ImageClassifier):
         return self.forward_with_features(images)[0]
 
     def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.extract_features(images)
+        with torch.no_grad():  # nothing before the image embedding trains
+            embedding = self.clip.encode_image(images)
+        return self.forward_from_prefix(embedding)
+
+    def frozen_prefix(self) -> FrozenPrefix:
+        return _image_prefix(self.clip)
+
+    def forward_from_prefix(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, normalised image embedding) from CLIP's image embeddings [B, P]."""
+        image = F.normalize(embedding, dim=-1)
         return cosine_logits(image, self.text_features(image), self.clip.logit_scale()), image
 
 
@@ -170,3 +192,9 @@ class CoCoOpCLIP(CoOpCLIP):
         meta_net_reduction: int = 16,
     ) -> None:
         super().__init__(clip, tokenizer, class_names, n_ctx, ctx_init, normalization, dtype, meta_net_reduction)
+
+
+def _image_prefix(clip: FrozenCLIP) -> FrozenPrefix:
+    """CLIP's frozen image path, the prefix every CLIP arm shares (its embeddings can be cached per film)."""
+    embedding = clip.image_embedding()
+    return FrozenPrefix(embedding, module_settings(embedding))

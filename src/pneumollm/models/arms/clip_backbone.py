@@ -79,6 +79,10 @@ class FrozenCLIP(nn.Module):
         pixels = self.normalize(images).to(self.model.visual_projection.weight.dtype)
         return self.model.get_image_features(pixel_values=pixels).pooler_output.float()
 
+    def image_embedding(self) -> nn.Module:
+        """The image path as a module of its own (films -> ``encode_image``), e.g. for the feature cache."""
+        return ClipImageEmbedding(self)
+
     def tokenize(self, texts: list[str] | tuple[str, ...]) -> torch.Tensor:
         """Token ids [N, L] with start/end tokens, padded to the longest text."""
         ids = self.tokenizer(list(texts), padding=True, return_tensors="pt")["input_ids"]
@@ -113,3 +117,14 @@ def cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor, sca
     if text.dim() == 2:
         return scale * image @ text.t()
     return scale * torch.einsum("bp,bcp->bc", image, text)
+
+
+class ClipImageEmbedding(nn.Module):
+    """A ``FrozenCLIP``'s image path: films [B, 1, H, W] in [0, 1] -> projected image embeddings [B, P]."""
+
+    def __init__(self, clip: FrozenCLIP) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(images)

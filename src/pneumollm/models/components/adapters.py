@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pneumollm.models.components.quantization import is_quantized
+
 ADAPTER_KINDS = ("repadapter", "lora", "none")
 
 
@@ -208,6 +210,9 @@ def fold_repadapters(sites: Iterable[AdapterSite]) -> int:
         matrix, offset = wrapped.adapter.affine()
         for target in site.targets:
             linear = site.block.get_submodule(target)
+            if is_quantized(linear):
+                raise RuntimeError(f"cannot fold a RepAdapter into {target}: its weights are quantised "
+                                   f"({type(linear).__name__}) and a folded weight needs full precision")
             if not isinstance(linear, nn.Linear):
                 raise TypeError(f"cannot fold a RepAdapter into {target} of type {type(linear).__name__}")
             fold_affine_into_linear(linear, matrix.to(linear.weight.device), offset.to(linear.weight.device))
@@ -245,6 +250,9 @@ def merge_lora(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         if isinstance(module, LoraLayer) and not module.merged:
+            if is_quantized(module.get_base_layer()):
+                raise RuntimeError(f"cannot merge LoRA into the quantised {type(module.get_base_layer()).__name__}: "
+                                   "a merged weight needs full precision")
             module.merge()
             count += 1
     return count

@@ -23,7 +23,7 @@ from pneumollm.models.components.adapters import (
     attention_sites,
     fold_repadapters,
 )
-from pneumollm.models.components.frozen import freeze, resolve_dtype, seeded
+from pneumollm.models.components.frozen import enable_gradient_checkpointing, freeze, resolve_dtype, seeded
 from pneumollm.models.components.pretrained import load_or_build, load_pretrained
 from pneumollm.models.tiny import TINY_CLIP_VISION
 
@@ -71,7 +71,8 @@ class ClipVisionEncoder(VisionEncoder):
     layer-norm, no projection). ``pretrained: true`` loads ``name_or_path`` (hub id or local folder;
     a full CLIP checkpoint works, only its vision tower is kept). ``pretrained: false`` builds the
     ``architecture`` (``vit_l14`` or ``tiny``) randomly initialised with seed ``init_seed``;
-    ``config_overrides`` change its fields (e.g. fewer layers in tests).
+    ``config_overrides`` change its fields (e.g. fewer layers in tests). ``gradient_checkpointing``
+    recomputes each block in the backward pass (non-reentrant) instead of keeping its activations.
     """
 
     def __init__(
@@ -86,12 +87,13 @@ class ClipVisionEncoder(VisionEncoder):
         frozen_dtype: str | torch.dtype = "auto",
         attn_implementation: str = "sdpa",
         init_seed: int | None = 0,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         model = load_or_build(CLIPVisionModel, CLIPVisionConfig, CLIP_ARCHITECTURES, pretrained=pretrained,
                               name_or_path=name_or_path, architecture=architecture,
                               config_overrides=config_overrides, frozen_dtype=frozen_dtype,
-                              attn_implementation=attn_implementation, init_seed=init_seed)
+                              attn_implementation=attn_implementation, init_seed=init_seed).model
         self.model = model
         config = model.config
         self.width = config.hidden_size
@@ -101,6 +103,8 @@ class ClipVisionEncoder(VisionEncoder):
         self.adapter_spec = AdapterSpec.parse(adapter, allowed=("repadapter", "none"))
         if self.adapter_spec.enabled:
             attach_repadapters(self.adapter_sites(), self.width, self.adapter_spec)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
 
     def _tower(self) -> nn.Module:
         # transformers 5 puts the embeddings and encoder on CLIPVisionModel itself, 4.x under .vision_model
@@ -160,7 +164,8 @@ class TimmViTEncoder(VisionEncoder):
     Tokens: the CLS token after every ``multiscale``-th block, before the final norm. ``pretrained``
     loads weights from ``name_or_path`` (a timm hub id such as ``timm/vit_base_patch16_224.augreg_in21k``,
     a local folder with ``model.safetensors``, or a checkpoint file); default: the model's own hub id.
-    ``normalization: model`` uses the model's pre-training statistics.
+    ``normalization: model`` uses the model's pre-training statistics. ``gradient_checkpointing`` uses timm's
+    (non-reentrant by default) block checkpointing.
     """
 
     def __init__(
@@ -174,6 +179,7 @@ class TimmViTEncoder(VisionEncoder):
         frozen_dtype: str | torch.dtype = "auto",
         init_seed: int | None = 0,
         model_kwargs: Mapping[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         dtype = resolve_dtype(frozen_dtype)
@@ -197,6 +203,8 @@ class TimmViTEncoder(VisionEncoder):
         self.adapter_spec = AdapterSpec.parse(adapter, allowed=("repadapter", "none"))
         if self.adapter_spec.enabled:
             attach_repadapters(self.adapter_sites(), self.width, self.adapter_spec)
+        if gradient_checkpointing:
+            self.model.set_grad_checkpointing(True)
 
     def adapter_sites(self) -> Iterator[AdapterSite]:
         """Where adapters go: each block's ``norm1``, which feeds the fused qkv projection."""

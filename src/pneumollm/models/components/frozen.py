@@ -51,3 +51,24 @@ def seeded(seed: int | None) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each layer of a transformers model in the backward pass instead of storing its activations.
+
+    Non-reentrant (``use_reentrant=False``): reentrant checkpointing returns outputs without gradients when no
+    input of a layer requires them, which is the case in a frozen tower fed with images, so the adapters inside
+    would get none. Non-reentrant checkpointing also restores the RNG state, so dropout masks match.
+    """
+    from transformers.utils import logging as hf_logging
+
+    kwargs = {"use_reentrant": False}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a trunk without token embeddings warns that they cannot get gradients
+    try:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)

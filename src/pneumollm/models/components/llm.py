@@ -18,8 +18,9 @@ from pneumollm.models.components.adapters import (
     fold_repadapters,
     merge_lora,
 )
-from pneumollm.models.components.frozen import autocast_dtype_or
+from pneumollm.models.components.frozen import autocast_dtype_or, enable_gradient_checkpointing
 from pneumollm.models.components.pretrained import load_or_build
+from pneumollm.models.components.quantization import QuantSpec
 from pneumollm.models.tiny import TINY_LLAMA
 
 # LLaMA-7B (Touvron et al. 2023), as in the Hugging Face conversion huggyllama/llama-7b.
@@ -64,13 +65,15 @@ class LlamaTrunk(LanguageTrunk):
     """A frozen Llama-family decoder stack (``LlamaModel``: all layers and the final RMSNorm).
 
     Fed ``inputs_embeds`` at positions 0..T-1 with the given 4-D additive mask in every layer (no BOS,
-    no text, no causal mask added). Its token embeddings are dropped unless ``keep_token_embeddings``
-    (they are never used); ``excluded_parameter_count`` records their size.
+    no text, no causal mask added). Its token embeddings are never built (random builds) or dropped right
+    after loading unless ``keep_token_embeddings``; ``excluded_parameter_count`` records their size.
     ``pretrained: true`` loads ``name_or_path`` (hub id or local folder of any Hugging Face Llama-family
     causal LM or base model); ``pretrained: false`` builds ``architecture`` (``llama7b`` or ``tiny``)
     randomly initialised with seed ``init_seed``, changed by ``config_overrides``.
     ``adapter.kind``: ``repadapter`` (before attention, on the normalised input), ``lora`` (peft, on
-    q/k/v by default) or ``none``.
+    q/k/v by default) or ``none``. ``quantization``: ``null``, ``nf4`` or ``int8`` (bitsandbytes; the decoder
+    layers' linear layers only, see ``QuantSpec``); adapters then cannot be folded. ``gradient_checkpointing``
+    recomputes each decoder layer in the backward pass (non-reentrant) instead of keeping its activations.
     """
 
     def __init__(
@@ -84,17 +87,21 @@ class LlamaTrunk(LanguageTrunk):
         attn_implementation: str = "sdpa",
         keep_token_embeddings: bool = False,
         init_seed: int | None = 0,
+        quantization: str | Mapping[str, Any] | QuantSpec | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        model = load_or_build(LlamaModel, LlamaConfig, LLAMA_ARCHITECTURES, pretrained=pretrained,
+        self.quantization = QuantSpec.parse(quantization)
+        build = load_or_build(LlamaModel, LlamaConfig, LLAMA_ARCHITECTURES, pretrained=pretrained,
                               name_or_path=name_or_path, architecture=architecture,
                               config_overrides=config_overrides, frozen_dtype=frozen_dtype,
-                              attn_implementation=attn_implementation, init_seed=init_seed, loader=AutoModel)
+                              attn_implementation=attn_implementation, init_seed=init_seed, loader=AutoModel,
+                              drop=() if keep_token_embeddings else ("embed_tokens",),
+                              quantization=self.quantization)
+        model = build.model
         if pretrained:
             _check_decoder_layout(model, name_or_path)
-        if not keep_token_embeddings and getattr(model, "embed_tokens", None) is not None:
-            self.excluded_parameter_count = model.embed_tokens.weight.numel()
-            model.embed_tokens = None
+        self.excluded_parameter_count = build.dropped_parameters
         self.model = model
         self.hidden_size = model.config.hidden_size
         self.adapter_spec = AdapterSpec.parse(adapter)
@@ -102,10 +109,12 @@ class LlamaTrunk(LanguageTrunk):
             attach_repadapters(self.adapter_sites(), self.hidden_size, self.adapter_spec)
         elif self.adapter_spec.kind == "lora":
             attach_lora(self.model, self.adapter_spec)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
 
     @property
     def frozen_dtype(self) -> torch.dtype:
-        """The frozen weights' current dtype (what the input tokens are cast to)."""
+        """The frozen weights' current dtype (what the input tokens are cast to; quantised layers compute in it)."""
         return self.model.norm.weight.dtype
 
     @property
@@ -126,6 +135,11 @@ class LlamaTrunk(LanguageTrunk):
         return out.last_hidden_state.float()
 
     def fold_adapters(self) -> int:
+        if self.quantization is not None and self.adapter_spec.enabled:
+            what = "merge LoRA weights" if self.adapter_spec.kind == "lora" else "fold RepAdapters"
+            raise RuntimeError(f"cannot {what} into {self.quantization.method}-quantised weights: the merged "
+                               "weights would need full precision. Keep the adapters unfolded (they cost little at "
+                               "inference) or build the trunk with llm.quantization=null to fold them")
         if self.adapter_spec.kind == "lora":
             return merge_lora(self.model)
         return fold_repadapters(self.adapter_sites())
