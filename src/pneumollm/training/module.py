@@ -74,6 +74,7 @@ class ClassificationModule(L.LightningModule):
         threshold: float = 0.5,
         save_features: bool = False,
         run_identity: dict[str, Any] | None = None,
+        log_every_step: bool = False,
     ) -> None:
         super().__init__()
         self.net = net
@@ -85,6 +86,8 @@ class ClassificationModule(L.LightningModule):
         self.save_features = save_features
         self.run_identity = dict(run_identity or {})
         self.from_prefix = False  # batches carry the frozen prefix's cached features instead of images
+        self.log_every_step = log_every_step  # the training loss per step too (costs 5-30 % of a tiny fold)
+        self._frozen_fingerprint: str | None = None  # frozen weights never change: fingerprint them once
         self.strict_loading = False  # checkpoints hold the trainable weights only
         self.val_metrics = paper_metrics(threshold).clone(prefix="val/")
         self.test_metrics = paper_metrics(threshold).clone(prefix="test/")
@@ -110,7 +113,8 @@ class ClassificationModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self._logits(batch[IMAGE])
         loss = self.loss_fn(logits.float(), batch[LABEL])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        self.log("train/loss", loss, on_step=self.log_every_step, on_epoch=True, prog_bar=True,
+                 batch_size=len(logits))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -173,7 +177,9 @@ class ClassificationModule(L.LightningModule):
         keep = {f"net.{n}" for n, p in self.net.named_parameters() if p.requires_grad}
         keep |= {f"net.{n}" for n, _ in self.net.named_buffers()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["frozen_fingerprint"] = frozen_fingerprint(self.net)
+        if self._frozen_fingerprint is None:
+            self._frozen_fingerprint = frozen_fingerprint(self.net)
+        checkpoint["frozen_fingerprint"] = self._frozen_fingerprint
         checkpoint[RUN_IDENTITY_KEY] = dict(self.run_identity)  # a run resumes only its own checkpoints
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),

@@ -36,10 +36,10 @@ PREDICTION_COLUMNS = ("image_id", "patient_id", "fold", "label", "prob")
 RESULT_FILES = (METRICS_FILE, PREDICTIONS_FILE, FEATURES_FILE, FAILED_FILE, CONFIG_FILE, JOB_FILE, CHECKPOINT_DIR)
 
 # Settings that do not change what a run computes (where it writes, how it reports progress, how tables show it).
-NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "callbacks.progress", "data.num_workers", "data.progress",
-                     "data.preprocess_workers", "experiment.label", "experiment.group", "experiment.reference",
-                     "experiment.curve", "experiment.curve_label", "experiment.folder", "force", "save_features",
-                     "feature_cache")
+NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "callbacks.progress", "callbacks.step_timer",
+                     "data.num_workers", "data.progress", "data.preprocess_workers", "experiment.label",
+                     "experiment.group", "experiment.reference", "experiment.curve", "experiment.curve_label",
+                     "experiment.folder", "force", "save_features", "feature_cache", "log_every_step")
 # Where inputs and outputs live. The cohort's content stands in for them (``cohort_identity`` in the hash), so
 # a moved cohort or a copied results folder keeps its hash, and a changed film changes it.
 LOCATION_KEYS = ("callbacks.checkpoint.dirpath", "callbacks.last_checkpoint.dirpath", "data.prepared_dir",

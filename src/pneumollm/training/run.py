@@ -227,12 +227,15 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
             for name, s in sizes.items()), highlight=False)
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # model init independent of data preparation
+    built = time.perf_counter()
     net = instantiate(cfg.model, _convert_="object")
+    build_seconds = time.perf_counter() - built
     module = ClassificationModule(
         net=net, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         weight_decay=float(cfg.weight_decay), threshold=float(cfg.threshold),
         save_features=bool(cfg.get("save_features", True)), run_identity={"config_hash": chash},
+        log_every_step=bool(cfg.get("log_every_step", False)),
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=_build_loggers(cfg) or False,
@@ -275,7 +278,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
         "debug": cfg.experiment.get("debug"),
         "trainable_params": int(trainable), "total_params": int(total),
         "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": peak_kind,
-        "train_seconds": round(train_seconds, 2), "epochs_run": epochs_run,
+        "build_seconds": round(build_seconds, 2), "train_seconds": round(train_seconds, 2), "epochs_run": epochs_run,
         "selection": str(cfg.selection), "selection_split": str(cfg.data.selection_split),
         "checkpoint": str(Path(test_ckpt).relative_to(run_dir)) if test_ckpt and Path(test_ckpt).is_relative_to(run_dir)
         else test_ckpt,
