@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# the suite's own cache (full-size parameter counts) in a folder of the test session, not the user's ~/.cache
+os.environ.setdefault("PNEUMOLLM_CACHE", tempfile.mkdtemp(prefix="pneumollm-cache-"))
 
 
 import pytest

@@ -138,3 +138,26 @@ def test_a_failed_aggregation_leaves_the_previous_outputs_whole(tmp_path: Path, 
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert after == before  # the summary written before the failing figure was not put in place
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]
+
+
+def test_summary_csv_leaves_a_std_over_one_fold_empty(tmp_path: Path) -> None:
+    _fake_run(tmp_path, "arm", 0, [("a", "A", 1, 0.9), ("b", "B", 0, 0.4)])
+    assert aggregate_main([str(tmp_path), "--num-folds", "1"]) == 0
+    with (tmp_path / "summary.csv").open(newline="") as handle:
+        rows = {r["fold"]: r for r in csv.DictReader(handle)}
+    assert rows["std"]["avg"] == "" and float(rows["mean"]["avg"]) == 70.0  # no "nan" among the numbers
+    assert float(rows["mean"]["pooled_auc"]) == 100.0
+
+
+def test_summary_lists_the_arms_in_the_tables_order(tmp_path: Path) -> None:
+    from tests.test_tables_csv import fake_table6
+
+    fake_table6(tmp_path / "runs", {"pneumollm": 5.0, "adapter": 2.0, "baseline": 0.0})  # found alphabetically
+    assert aggregate_main([str(tmp_path / "runs"), "--num-folds", "3", "--table", "table6", "--no-wandb",
+                           "--bootstrap", "50", "--out", str(tmp_path)]) == 0
+
+    def arms(name: str) -> list[str]:
+        with (tmp_path / name).open(newline="") as handle:
+            return list(dict.fromkeys(r["arm"] for r in csv.DictReader(handle)))
+
+    assert arms("summary.csv") == arms("table.csv") == ["baseline", "adapter", "pneumollm"]

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from pneumollm.paths import conf_dir
+from pneumollm.training.run import trainer_config
 from tests.helpers import compose_train
 
 CONF = conf_dir()
@@ -87,7 +88,7 @@ def test_trainer_choices(tmp_path: Path, choice: str) -> None:
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         assert cfg.trainer.precision == "bf16-mixed"
         pytest.skip(f"trainer={choice} composes; instantiating it needs a CUDA device")
-    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    trainer = instantiate(trainer_config(cfg), logger=False, enable_checkpointing=False)
     assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
@@ -111,7 +112,7 @@ def test_callbacks_and_paths_instantiate(tmp_path: Path) -> None:
 @pytest.mark.parametrize("choice", _choices("debug"))
 def test_debug_choices(tmp_path: Path, choice: str) -> None:
     cfg = _compose(tmp_path, f"debug={choice}")
-    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer = instantiate(trainer_config(cfg), logger=False, enable_checkpointing=False, accelerator="cpu")
     assert trainer is not None
 
 
@@ -184,3 +185,30 @@ def test_paper_sweeps_keep_each_cohort_apart(tmp_path: Path) -> None:
     assert sweep_dir == f"{tmp_path}/results/table6/demo/runs"
     _, debug_dir = _output_dirs(tmp_path, "debug=fdr", config_name="table6", config_dir=experiments_dir())
     assert debug_dir == f"{tmp_path}/results/debug/fdr/table6/demo/runs"
+
+
+def test_cpu_threads_apply_to_cpu_training_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pneumollm.training.run import apply_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert apply_cpu_threads(_compose(tmp_path, "trainer=cpu", "trainer.cpu_threads=1")) == 1
+        assert torch.get_num_threads() == 1
+        assert apply_cpu_threads(_compose(tmp_path, "trainer=cpu", "trainer.cpu_threads=0")) is None
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert apply_cpu_threads(_compose(tmp_path, "trainer.cpu_threads=2")) is None  # auto picks the GPU
+    finally:
+        torch.set_num_threads(before)
+    assert "cpu_threads" not in trainer_config(_compose(tmp_path))
+
+
+def test_openmp_threads_wait_passively_unless_told_otherwise() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "import pneumollm, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout == "PASSIVE\n"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout == "ACTIVE\n"

@@ -41,6 +41,10 @@ def test_threshold_crops_rg1_to_its_lungs(rg1, tmp_path):
     assert rg1.shape == (1955, 1841)
     result = crop_to_lungs(rg1, ThresholdSegmenter(), "RG1_UNCI.dcm", margin=0.05)
     assert_cropped_to_lungs(rg1, result)
+    # Pinned from the implementation that shrank the film with skimage and checked the full-size mask
+    # (commit 87b5cab): finding the box at the working size gives the same box and mask.
+    assert result.box == (67, 101, 1597, 1756)
+    assert int(result.mask.sum()) == 1_002_233
     sheet = write_qc_sheet([QCItem(rg1, result.mask, result.box, "RG1_UNCI.dcm | threshold | cropped")],
                            tmp_path / "rg1_threshold.png", columns=1)
     assert sheet.stat().st_size > 10_000

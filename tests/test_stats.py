@@ -10,6 +10,7 @@ import pytest
 
 from pneumollm.analysis.report import aggregate_table
 from pneumollm.analysis.stats import bootstrap_auc_by_patient, paired_difference
+from pneumollm.analysis.tables import CSV_COLUMNS
 from tests.test_aggregate import _fake_run
 
 
@@ -77,4 +78,5 @@ def test_a_figure_without_paper_numbers_leaves_the_paper_columns_out_of_the_mark
     markdown = (tmp_path / "table.md").read_text()
     assert not report.has_paper
     assert "paper AUC" not in markdown and "plot only" in markdown
-    assert "paper AUC" in (tmp_path / "table.csv").read_text().splitlines()[0]  # the csv keeps one schema
+    header = (tmp_path / "table.csv").read_text().splitlines()[0].split(",")
+    assert "paper_auc" in header and header == list(CSV_COLUMNS)  # the csv keeps one schema

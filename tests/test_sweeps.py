@@ -59,14 +59,18 @@ def toy_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _toy(tmp_path_factory)
 
 
+def _toy_overrides(manifest: Path, root: Path) -> list[str]:
+    return ["data=manifest", f"data.source.manifest={manifest}", "lungs=none", "data.num_folds=2",
+            "data.val_fraction=0.25", "data.min_film_size=16", "data.progress=false", "data.preprocess_workers=1",
+            "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "logger=none", "callbacks.progress=null",
+            f"paths.root_dir={root}"]
+
+
 def _run_sweep(sweep: str, root: Path, manifest: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The sweep through the console script (``-m``): Hydra's launcher, job folders, skipping, the exit status."""
     command = [
         sys.executable, "-m", "pneumollm.cli.train", "--config-dir", str(experiments_dir()), "--config-name", sweep,
-        "-m", "data=manifest", f"data.source.manifest={manifest}", "lungs=none", "data.num_folds=2",
-        "data.fold=0,1", "data.val_fraction=0.25", "data.min_film_size=16", "data.progress=false",
-        "data.preprocess_workers=1", "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "logger=none",
-        "callbacks.progress=null",
-        f"paths.root_dir={root}", *extra,
+        "-m", *_toy_overrides(manifest, root), "data.fold=0,1", *extra,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
@@ -76,19 +80,52 @@ def _metrics(root: Path) -> dict[Path, dict]:
     return {p: json.loads(p.read_text()) for p in sorted(root.rglob("metrics.json"))}
 
 
-@pytest.mark.parametrize("sweep", SWEEPS)
-def test_every_sweep_runs_one_step_per_job_on_a_two_fold_toy_cohort(sweep: str, toy_manifest: Path,
-                                                                     tmp_path: Path) -> None:
-    extra = ["token_engine.m=1,2"] if sweep == "fig6b" else []  # two of the eight m values keep it quick
-    result = _run_sweep(sweep, tmp_path, toy_manifest, *extra)
+def _run_sweep_in_process(sweep: str, root: Path, manifest: Path, jobs: list[list[str]]) -> None:
+    """Every job of the sweep composed as Hydra's multirun composes it and run by the fold function in this
+    process, into the folder Hydra's sweep would give it (no interpreter start per sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from pneumollm.training.run import run_fold
+
+    register_resolvers()
+    for job in jobs:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(experiments_dir())):
+            cfg = compose(sweep, overrides=[f"hydra.searchpath=[file://{conf_dir()}]", *_toy_overrides(manifest, root),
+                                            *job], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.run_dir = str(Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir)
+            del cfg["hydra"]
+        run_fold(cfg)
+    GlobalHydra.instance().clear()
+
+
+def test_the_demo_sweep_runs_end_to_end_through_the_console_script(toy_manifest: Path, tmp_path: Path) -> None:
+    result = _run_sweep("demo", tmp_path, toy_manifest)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = _metrics(tmp_path)
-    expected = len(_arms(sweep)) * 2 if sweep != "fig6b" else 4
-    assert len(metrics) == expected, (sorted(map(str, metrics)), result.stderr[-3000:])
+    assert len(metrics) == 2 and not list(tmp_path.rglob("failed.json"))
+    assert {m["fold"] for m in metrics.values()} == {0, 1}
+
+
+@pytest.mark.parametrize("sweep", [s for s in SWEEPS if s != "demo"])
+def test_every_sweep_runs_one_step_per_job_on_a_two_fold_toy_cohort(sweep: str, toy_manifest: Path, tmp_path: Path,
+                                                                     tiny_cache_one_thread) -> None:
+    arms = [[f"arm={a}"] if a else [] for a in _arms(sweep)]
+    if sweep == "fig6b":
+        arms = [["token_engine.m=1"], ["token_engine.m=2"]]  # two of the eight m values keep it quick
+    jobs = [[*arm, f"data.fold={fold}"] for arm in arms for fold in (0, 1)]
+    _run_sweep_in_process(sweep, tmp_path, toy_manifest, jobs)
+    metrics = _metrics(tmp_path)
+    assert len(metrics) == len(jobs), sorted(map(str, metrics))
     assert not list(tmp_path.rglob("failed.json"))
-    for m in metrics.values():
+    runs = tmp_path / "results" / sweep / "manifest-" if sweep != "demo" else None
+    for path, m in metrics.items():
         assert m["experiment"] == sweep and m["fold"] in (0, 1)
         assert 0.0 <= m["test/auc"] <= 100.0
+        assert str(path).startswith(str(runs)) and "/runs/" in str(path)  # where Hydra's sweep puts the job
 
 
 def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(toy_manifest: Path, tmp_path: Path) -> None:

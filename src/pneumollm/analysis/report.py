@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from pneumollm.analysis.collect import AggregationError, ArmRuns, collect_runs, split_complete
-from pneumollm.analysis.figures import plot_film_panel, plot_metric_curve, plot_roc, plot_tsne
+from pneumollm.analysis.figures import (
+    Call,
+    PanelFilm,
+    plot_film_panel,
+    plot_metric_curve,
+    plot_roc,
+    plot_tsne,
+    select_panel_films,
+)
 from pneumollm.analysis.tables import (
     COLUMNS,
+    TableRow,
     build_rows,
     has_paper_numbers,
     load_paper_results,
     row_cells,
     write_table,
 )
-from pneumollm.data.preprocess import read_cohort_index
 from pneumollm.training.records import CONFIG_FILE, FEATURES_FILE
 
 
@@ -71,44 +82,141 @@ def _order(arms: dict[str, ArmRuns], table: str, curve: dict[str, float] | None)
     return sorted(arms.values(), key=lambda a: (rank.get(a.arm, len(rank)), a.arm))
 
 
-def _features(arm: ArmRuns) -> tuple[np.ndarray, np.ndarray] | None:
-    xs, ys = [], []
-    for run_dir in arm.run_dirs.values():
-        path = run_dir / FEATURES_FILE
-        if not path.is_file():
-            return None
-        data = np.load(path)
-        xs.append(data["features"])
-        ys.append(data["labels"])
-    return np.concatenate(xs), np.concatenate(ys)
+def _curve_of(arms: dict[str, ArmRuns], configs: dict[str, DictConfig]) -> dict[str, float] | None:
+    """Each arm's x value on the figure's curve (config key ``experiment.curve``); None for a table."""
+    curve_key = OmegaConf.select(next(iter(configs.values())), "experiment.curve")
+    return _curve_values(arms, configs, curve_key) if curve_key else None
 
 
-def _panel_films(arms: list[ArmRuns], per_class: int = 3) -> list[tuple[str, int, Path]]:
-    """A few test films (the first ``per_class`` of each class by id), with their preprocessed image."""
+def table_arm_order(arms: dict[str, ArmRuns], table: str) -> list[str]:
+    """The arm ids in the order ``aggregate_table`` lists them: along the figure's curve (e.g. m for Fig. 6b),
+    else the paper's row order, arms the paper lacks last by id. Pass it to ``write_summary(order=...)`` so the
+    summary lists the arms as the table does."""
+    if not arms:
+        return []
+    configs = {name: _run_config(arm) for name, arm in arms.items()}
+    curve = _curve_of(arms, configs)
+    return [a.arm for a in _order(arms, table, curve)]
+
+
+def _fold_value(run_dir: Path, info: dict[str, Any], key: str, default: float) -> float:
+    """``key`` of one fold's run: its metrics.json, else its config.yaml, else ``default``."""
+    if info.get(key) is not None:
+        return float(info[key])
+    path = run_dir / CONFIG_FILE
+    value = OmegaConf.select(OmegaConf.load(path), key, default=None) if path.is_file() else None
+    return default if value is None else float(value)
+
+
+def run_thresholds(arm: ArmRuns) -> dict[int, float]:
+    """Each fold's P(pneumoconiosis) cut-off (``threshold``; 0.5 where the run recorded none)."""
+    return {fold: _fold_value(arm.run_dirs[fold], info, "threshold", 0.5) for fold, info in arm.folds.items()}
+
+
+def _features(arm: ArmRuns, fold: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The head-input features and labels of one fold's test films (one model), None when not saved."""
+    run_dir = arm.run_dirs.get(fold)
+    path = run_dir / FEATURES_FILE if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    with np.load(path) as data:
+        return data["features"], data["labels"]
+
+
+def tsne_features(arms: list[ArmRuns],
+                  fold: int | None = None) -> tuple[int | None, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(fold, label -> features of that fold's test films) for the t-SNE figure: one model per arm.
+
+    ``fold``: the fold to show; by default the lowest fold with saved features of every arm that saved any.
+    """
+    if fold is None:
+        with_features = [{f for f in a.run_dirs if (a.run_dirs[f] / FEATURES_FILE).is_file()} for a in arms]
+        with_features = [folds for folds in with_features if folds]
+        common = set.intersection(*with_features) if with_features else set()
+        candidates = common or set().union(*with_features)
+        fold = min(candidates) if candidates else None
+    if fold is None:
+        return None, {}
+    return fold, {a.label: f for a in arms if (f := _features(a, fold)) is not None}
+
+
+def _cohort_files(arms: list[ArmRuns]) -> dict[str, Path]:
+    """image_id -> preprocessed image of the first arm whose prepared cohort folder is readable."""
     for arm in arms:
         cohort = arm.folds[min(arm.folds)].get("cohort_folder")
         if not cohort:
             continue
         try:
-            files = {film.image_id: Path(cohort) / film.file for film in read_cohort_index(cohort)}
+            from pneumollm.data.preprocess import read_cohort_index
+
+            return {film.image_id: Path(cohort) / film.file for film in read_cohort_index(cohort)}
         except FileNotFoundError:
             continue
-        tested = sorted({(p.image_id, p.label) for p in arm.predictions})
-        chosen = [t for t in tested if t[1] == 0][:per_class] + [t for t in tested if t[1] == 1][:per_class]
-        return [(image_id, label, files[image_id]) for image_id, label in chosen if image_id in files]
-    return []
+    return {}
+
+
+def _panel_films(arms: list[ArmRuns], max_films: int = 8) -> tuple[list[PanelFilm], dict[str, dict[str, Call]]]:
+    """The films of the panel, across folds and including each arm's errors at its runs' thresholds, with every
+    arm's call on them (arm label -> image_id -> call); ([], {}) when no prepared cohort is readable."""
+    files = _cohort_files(arms)
+    if not files:
+        return [], {}
+    calls: dict[str, dict[str, Call]] = {}
+    films: dict[str, tuple[int, int]] = {}
+    for arm in arms:
+        thresholds = run_thresholds(arm)
+        calls[arm.label] = {p.image_id: Call(p.prob, thresholds.get(p.fold, 0.5)) for p in arm.predictions}
+        films |= {p.image_id: (p.label, p.fold) for p in arm.predictions if p.image_id in files}
+    chosen = select_panel_films(films, calls, max_films=max_films)
+    return [PanelFilm(image_id, label, fold, files[image_id] if files[image_id].is_file() else None)
+            for image_id, label, fold in chosen], calls
+
+
+def _count_cache_path() -> Path:
+    """``$PNEUMOLLM_CACHE`` (default ``$XDG_CACHE_HOME/pneumollm``, i.e. ``~/.cache/pneumollm``)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pneumollm"
+    return Path(os.environ.get("PNEUMOLLM_CACHE") or default) / "full_size_trainable.json"
+
+
+def _count_key(arm: str) -> str:
+    """What an arm's full-size count depends on: its name, every config, the model code."""
+    from pneumollm.paths import conf_dir
+    from pneumollm.utils.io import sha256_file, sha256_json
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    files = sorted([*conf_dir().rglob("*.yaml"), *models.rglob("*.py")])
+    return sha256_json({"arm": arm, "files": {str(f.name): sha256_file(f) for f in files}})[:24]
 
 
 def _full_size_or_none(console: Console) -> Callable[[str], int | None]:
-    """The meta-device full-size count of an arm; a count that cannot be made is left out, with a warning."""
-    from pneumollm.models.arm_param_count import full_size_trainable
+    """The meta-device full-size count of an arm; a count that cannot be made is left out, with a warning.
+
+    Counts are kept in ``~/.cache/pneumollm/full_size_trainable.json`` keyed by the configs and the model code,
+    so a later aggregation neither imports torch nor builds models (a few seconds per table otherwise).
+    """
+    from pneumollm.utils.io import atomic_write_json
+
+    path = _count_cache_path()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
 
     def count(arm: str) -> int | None:
+        key = _count_key(arm)
+        if key in cache:
+            return cache[key]
         try:
-            return full_size_trainable(arm)
+            from pneumollm.models.arm_param_count import full_size_trainable
+
+            value = full_size_trainable(arm)
         except Exception as err:  # a missing count must not stop the table
             console.print(f"[yellow]no full-size parameter count for {arm}: {err}[/yellow]", highlight=False)
             return None
+        cache[key] = value
+        with contextlib.suppress(OSError):  # an unwritable cache only costs time
+            atomic_write_json(path, cache)
+        return value
 
     return count
 
@@ -116,18 +224,18 @@ def _full_size_or_none(console: Console) -> Callable[[str], int | None]:
 def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, reference: str | None = None,
                     num_folds: int = 5, partial: bool = False, n_boot: int = 2000, title: str | None = None,
                     use_wandb: bool = True, console: Console | None = None,
-                    arms: dict[str, ArmRuns] | None = None) -> TableReport:
+                    arms: dict[str, ArmRuns] | None = None, tsne_fold: int | None = None) -> TableReport:
     """Write ``table.md``/``table.csv`` and the figures of ``table`` from its runs under ``runs_dir``.
 
-    ``arms``: the runs already collected from ``runs_dir`` (read again when not given).
+    ``arms``: the runs already collected from ``runs_dir`` (read again when not given). The arms are listed in
+    ``table_arm_order``. ``tsne_fold``: the fold whose models the t-SNE figure shows (default: the lowest).
     """
     console = console or Console(stderr=True)
     arms = collect_runs(runs_dir) if arms is None else arms
     complete, incomplete = split_complete(arms, num_folds, partial, f"{table} ({runs_dir})")
     configs = {name: _run_config(arm) for name, arm in complete.items()}
     sample_config = next(iter(configs.values()))
-    curve_key = OmegaConf.select(sample_config, "experiment.curve")
-    curve = _curve_values(complete, configs, curve_key) if curve_key else None
+    curve = _curve_of(complete, configs)
     ordered = _order(complete, table, curve)
     reference = reference or OmegaConf.select(sample_config, "experiment.reference")
     if reference and reference not in complete:
@@ -159,24 +267,37 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
     report = TableReport(md_path, csv_path, incomplete=incomplete, cells=[row_cells(r) for r in rows],
                          has_paper=has_paper_numbers(rows), config=sample_config)
 
-    summaries = [r.summary for r in rows]
-    report.figures.append(plot_roc(ordered, summaries, out_dir / "roc.png", f"{table}: pooled out-of-fold ROC"))
-    if curve:
-        xs = [curve[a.arm] for a in ordered]
-        x_label = OmegaConf.select(sample_config, "experiment.curve_label") or curve_key
-        report.figures.append(plot_metric_curve(xs, summaries, x_label, out_dir / "curve.png",
-                                                f"{table}: AUC and AVG against {x_label}"))
-    features = {s.label: f for a, s in zip(ordered, summaries) if (f := _features(a)) is not None}
-    if features:
-        report.figures.append(plot_tsne(features, out_dir / "tsne.png", f"{table}: t-SNE of head-input features"))
-    films = _panel_films(ordered)
-    if films:
-        probs = {s.label: {p.image_id: p.prob for p in a.predictions} for a, s in zip(ordered, summaries)}
-        report.figures.append(plot_film_panel(films, probs, out_dir / "films.png",
-                                              f"{table}: P(pneumoconiosis) in % per arm"))
+    report.figures += table_figures(ordered, rows, out_dir, table, sample_config, curve, n_boot=n_boot,
+                                    tsne_fold=tsne_fold)
     if use_wandb:
         log_table_to_wandb(table, report)
     return report
+
+
+def table_figures(ordered: list[ArmRuns], rows: list[TableRow], out_dir: Path, table: str,
+                  config: DictConfig, curve: dict[str, float] | None, n_boot: int = 2000,
+                  tsne_fold: int | None = None) -> list[Path]:
+    """The table's figures: roc.png, curve.png (figures with a swept setting), tsne.png and films.png where the
+    runs saved features and the prepared cohort is readable."""
+    summaries = [r.summary for r in rows]
+    figures = [plot_roc(ordered, summaries, out_dir / "roc.png", f"{table}: pooled out-of-fold ROC",
+                        intervals=[r.pooled_auc for r in rows], n_boot=n_boot)]
+    if curve:
+        xs = [curve[a.arm] for a in ordered]
+        curve_key = OmegaConf.select(config, "experiment.curve")
+        x_label = OmegaConf.select(config, "experiment.curve_label") or curve_key
+        figures.append(plot_metric_curve(xs, summaries, x_label, out_dir / "curve.png",
+                                         f"{table}: AUC and AVG against {x_label}"))
+    fold, features = tsne_features(ordered, tsne_fold)
+    if features:
+        figures.append(plot_tsne(features, out_dir / "tsne.png",
+                                 f"{table}: t-SNE of head-input features, fold {fold}'s test films "
+                                 f"(each arm's fold-{fold} model)"))
+    films, calls = _panel_films(ordered)
+    if films:
+        figures.append(plot_film_panel(films, calls, out_dir / "films.png",
+                                       f"{table}: test films across folds, including each arm's errors"))
+    return figures
 
 
 def log_table_to_wandb(table: str, report: TableReport) -> None:

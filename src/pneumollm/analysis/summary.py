@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchmetrics.functional.classification import binary_auroc
 
 from pneumollm.analysis.collect import ArmRuns
 from pneumollm.utils.io import atomic_write, atomic_write_text
@@ -18,10 +17,15 @@ HEADERS = {"sensitivity": "Sens.", "specificity": "Spec.", "accuracy": "Acc.", "
 
 
 def pooled_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """AUC (percent) of all out-of-fold predictions pooled together; NaN when one class is absent."""
+    """AUC (percent) of all out-of-fold predictions pooled together (ties count half); NaN when one class is absent.
+
+    scikit-learn, imported here: a summary needs nothing heavier (no torch), so ``pneumollm-aggregate`` starts fast.
+    """
+    from sklearn.metrics import roc_auc_score
+
     if len(np.unique(labels)) < 2:
         return float("nan")
-    return float(binary_auroc(torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels)).item()) * 100
+    return float(roc_auc_score(labels, probs)) * 100
 
 
 @dataclass
@@ -61,10 +65,22 @@ def _fmt(value: float) -> str:
     return "–" if np.isnan(value) else f"{value:.2f}"
 
 
-def summary_rows(summaries: list[ArmSummary]) -> list[dict[str, str]]:
-    """Table rows: per-fold rows then a mean ± std row for every arm."""
+def in_order(summaries: list[ArmSummary], order: Sequence[str] | None) -> list[ArmSummary]:
+    """``summaries`` sorted by the position of their arm id in ``order`` (arms it lacks last, as they came)."""
+    if order is None:
+        return list(summaries)
+    rank = {arm: i for i, arm in enumerate(order)}
+    return sorted(summaries, key=lambda s: rank.get(s.arm, len(rank)))
+
+
+def _number(value: float) -> float | str:
+    return "" if np.isnan(value) else round(value, 4)
+
+
+def summary_rows(summaries: list[ArmSummary], order: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """Table rows: per-fold rows then a mean ± std row for every arm (in ``order`` of arm ids when given)."""
     rows = []
-    for s in summaries:
+    for s in in_order(summaries, order):
         for fold, metrics in s.per_fold.items():
             rows.append({"arm": s.label, "fold": str(fold), **{HEADERS[m]: _fmt(metrics[m]) for m in METRICS},
                          "pooled AUC": ""})
@@ -74,9 +90,15 @@ def summary_rows(summaries: list[ArmSummary]) -> list[dict[str, str]]:
     return rows
 
 
-def write_summary(summaries: list[ArmSummary], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``summary.csv`` (machine-readable, one row per arm and fold) and ``summary.md``."""
+def write_summary(summaries: list[ArmSummary], out_dir: str | Path,
+                  order: Sequence[str] | None = None) -> tuple[Path, Path]:
+    """Write ``summary.csv`` (machine-readable, one row per arm and fold) and ``summary.md``.
+
+    ``order``: the arm ids in the order the files list them (e.g. ``report.table_arm_order``, the order of the
+    table built beside the summary); by default the order of ``summaries``.
+    """
     out_dir = Path(out_dir)
+    summaries = in_order(summaries, order)
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
     fields = ["arm", "label", "fold", *METRICS, "pooled_auc", "trainable_params", "peak_memory_mb"]
 
@@ -88,11 +110,11 @@ def write_summary(summaries: list[ArmSummary], out_dir: str | Path) -> tuple[Pat
                 common = {"arm": s.arm, "label": s.label, "trainable_params": s.trainable_params,
                           "peak_memory_mb": round(s.peak_memory_mb, 1)}
                 for fold, metrics in s.per_fold.items():
-                    out.writerow({**common, "fold": fold, **{m: round(metrics[m], 4) for m in METRICS},
+                    out.writerow({**common, "fold": fold, **{m: _number(metrics[m]) for m in METRICS},
                                   "pooled_auc": ""})
-                out.writerow({**common, "fold": "mean", **{m: round(s.mean[m], 4) for m in METRICS},
-                              "pooled_auc": round(s.pooled_auc, 4)})
-                out.writerow({**common, "fold": "std", **{m: round(s.std[m], 4) for m in METRICS}, "pooled_auc": ""})
+                out.writerow({**common, "fold": "mean", **{m: _number(s.mean[m]) for m in METRICS},
+                              "pooled_auc": _number(s.pooled_auc)})
+                out.writerow({**common, "fold": "std", **{m: _number(s.std[m]) for m in METRICS}, "pooled_auc": ""})
 
     atomic_write(csv_path, write_csv)
     rows = summary_rows(summaries)

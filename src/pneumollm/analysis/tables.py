@@ -53,6 +53,7 @@ class TableRow:
     delta_auc: Interval | None
     paper: PaperRow | None
     full_size_trainable: int | None = None  # the row's configuration at full size (meta-device count)
+    is_reference: bool = False  # the arm the differences are taken against
 
 
 def _paired(summary: ArmSummary, reference: ArmSummary, metric: str) -> Interval:
@@ -78,10 +79,11 @@ def build_rows(arms: list[ArmRuns], reference: str | None, table: str, n_boot: i
         pooled = bootstrap_auc_by_patient([p.label for p in preds], [p.prob for p in preds],
                                           [p.patient_id for p in preds], n_boot=n_boot)
         delta_avg = delta_auc = None
-        if ref is not None and arm.arm != ref.arm:
+        is_reference = ref is not None and arm.arm == ref.arm
+        if ref is not None and not is_reference:
             delta_avg, delta_auc = _paired(s, ref, "avg"), _paired(s, ref, "auc")
         rows.append(TableRow(s, pooled, delta_avg, delta_auc, paper_rows.get(arm.arm),
-                             full_size(arm.arm) if full_size else None))
+                             full_size(arm.arm) if full_size else None, is_reference))
     return rows
 
 
@@ -113,8 +115,9 @@ def row_cells(row: TableRow) -> list[str]:
     s, paper = row.summary, row.paper
     cells = [s.label, _millions(s.trainable_params), _memory(s)]
     cells += [_mean_std(s, m) for m in METRICS]
-    cells += [row.pooled_auc.format(), row.delta_avg.format() if row.delta_avg else "ref",
-              row.delta_auc.format() if row.delta_auc else "ref",
+    no_delta = "ref" if row.is_reference else "–"
+    cells += [row.pooled_auc.format(), row.delta_avg.format() if row.delta_avg else no_delta,
+              row.delta_auc.format() if row.delta_auc else no_delta,
               "–" if row.full_size_trainable is None else _millions(row.full_size_trainable)]
     if paper is None:
         cells += ["–"] * 7
@@ -129,8 +132,54 @@ def has_paper_numbers(rows: list[TableRow]) -> bool:
     return any(r.paper is not None for r in rows)
 
 
+def _interval_columns(name: str) -> tuple[str, str, str]:
+    return name, f"{name}_ci_low", f"{name}_ci_high"
+
+
+# table.csv: numbers only, one column per quantity; an empty cell is a number that does not exist (the reference
+# arm's own differences, a std over a single fold, a count that could not be made, a number the paper lacks).
+CSV_COLUMNS = (
+    "arm", "label", "trainable_params", "peak_memory_gb",
+    *(f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")),
+    *_interval_columns("pooled_auc"), *_interval_columns("delta_avg"), *_interval_columns("delta_auc"),
+    "full_size_trainable_params", "paper_trainable_params_m", "paper_memory_gb",
+    *(f"paper_{m}" for m in PAPER_METRICS),
+)
+
+
+def _number_or_empty(value: float | None, digits: int = 4) -> float | str:
+    if value is None or np.isnan(value):
+        return ""
+    return round(float(value), digits)
+
+
+def _interval_values(name: str, interval: Interval | None) -> dict[str, float | str]:
+    parts = (None, None, None) if interval is None else (interval.estimate, interval.low, interval.high)
+    return {column: _number_or_empty(v) for column, v in zip(_interval_columns(name), parts)}
+
+
+def row_values(row: TableRow) -> dict[str, int | float | str]:
+    """One row of ``table.csv``: ``CSV_COLUMNS`` to numbers (ids and label as text, "" where none exists)."""
+    s, paper = row.summary, row.paper
+    values: dict[str, int | float | str] = {
+        "arm": s.arm, "label": s.label, "trainable_params": int(s.trainable_params),
+        "peak_memory_gb": _number_or_empty(s.peak_memory_mb / 1024) if s.peak_memory_mb else "",
+    }
+    for m in METRICS:
+        values[f"{m}_mean"], values[f"{m}_std"] = _number_or_empty(s.mean[m]), _number_or_empty(s.std[m])
+    values |= _interval_values("pooled_auc", row.pooled_auc)
+    values |= _interval_values("delta_avg", row.delta_avg) | _interval_values("delta_auc", row.delta_auc)
+    values["full_size_trainable_params"] = "" if row.full_size_trainable is None else int(row.full_size_trainable)
+    values["paper_trainable_params_m"] = _number_or_empty(paper.trainable_params_m if paper else None)
+    values["paper_memory_gb"] = _number_or_empty(paper.memory_gb if paper else None)
+    for m in PAPER_METRICS:
+        values[f"paper_{m}"] = _number_or_empty(paper.metrics[m] if paper else None)
+    return values
+
+
 def write_table(rows: list[TableRow], out_dir: str | Path, title: str, notes: list[str]) -> tuple[Path, Path]:
-    """Write ``table.md`` and ``table.csv`` (one row per arm, ``COLUMNS`` plus the arm id)."""
+    """Write ``table.md`` (formatted cells, ``COLUMNS``) and ``table.csv`` (numbers, ``CSV_COLUMNS``), one row per
+    arm in the order of ``rows``."""
     out_dir = Path(out_dir)
     md_path, csv_path = out_dir / "table.md", out_dir / "table.csv"
     body = [[*row_cells(r)] for r in rows]
@@ -148,9 +197,9 @@ def write_table(rows: list[TableRow], out_dir: str | Path, title: str, notes: li
 
     def writer(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as handle:
-            out = csv.writer(handle)
-            out.writerow(["arm", *COLUMNS])
-            out.writerows([r.summary.arm, *cells] for r, cells in zip(rows, body))
+            out = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            out.writeheader()
+            out.writerows(row_values(r) for r in rows)
 
     atomic_write(csv_path, writer)
     return md_path, csv_path

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from pneumollm.analysis.collect import RUNS_SUBDIR, AggregationError, collect_runs, find_studies, split_complete
-from pneumollm.analysis.report import TableReport, aggregate_table, log_table_to_wandb
 from pneumollm.analysis.summary import summarise_arm, summary_rows, write_summary
-from pneumollm.analysis.tables import COLUMNS
 from pneumollm.utils.io import output_set
+
+if TYPE_CHECKING:
+    from pneumollm.analysis.report import TableReport
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,12 +68,15 @@ def aggregate_study(study: Path, out_dir: Path, args: argparse.Namespace, consol
     if study.name == RUNS_SUBDIR and out_dir == study:
         out_dir = study.parent
     report = None
+    if args.table:  # tables and figures need matplotlib and scikit-learn's t-SNE; a summary does not
+        from pneumollm.analysis.report import aggregate_table, log_table_to_wandb, table_arm_order
     try:
         arms = collect_runs(runs_dir)
         complete_arms, incomplete = split_complete(arms, args.num_folds, args.partial, runs_dir)
         complete = [summarise_arm(arm) for arm in complete_arms.values()]
+        order = table_arm_order(complete_arms, args.table) if args.table else None
         with output_set(out_dir, "aggregate") as stage:
-            write_summary(complete, stage)
+            write_summary(complete, stage, order=order)
             if args.table:
                 report = aggregate_table(runs_dir, stage, args.table, reference=args.reference,
                                          num_folds=args.num_folds, partial=args.partial, n_boot=args.bootstrap,
@@ -80,7 +85,7 @@ def aggregate_study(study: Path, out_dir: Path, args: argparse.Namespace, consol
         console.print(f"[red]error:[/red] {err}", highlight=False)
         return 2
     table = Table(title=f"{runs_dir}: {args.num_folds}-fold cross-validation (figures in %)")
-    rows = summary_rows(complete)
+    rows = summary_rows(complete, order=order)
     for column in rows[0]:
         table.add_column(column, justify="left" if column == "arm" else "right")
     for row in rows:
@@ -98,6 +103,8 @@ def aggregate_study(study: Path, out_dir: Path, args: argparse.Namespace, consol
 
 def print_table(console: Console, report: TableReport) -> None:
     """The table's main columns on the console (the files hold every column)."""
+    from pneumollm.analysis.tables import COLUMNS
+
     shown = ["Arm", "L-para (M)", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "pooled AUC [95% CI]", "ΔAVG [95% CI]",
              "paper AUC", "paper AVG"]
     if not report.has_paper:

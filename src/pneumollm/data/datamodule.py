@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +12,10 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pneumollm.data.film_array import load_film_array
 from pneumollm.data.folds import FOLDS_FILE, FoldSplit, load_or_make_folds, split_fold
 from pneumollm.data.lungs.base import LungSegmenter
 from pneumollm.data.preprocess import (
@@ -161,8 +161,9 @@ class CohortDataModule(L.LightningDataModule):
         self.datasets: dict[str, FilmDataset] = {}
         self._identity: dict[str, Any] | None = None
 
-    @property
+    @cached_property
     def cohort_folder(self) -> Path:
+        """This preprocessing setting's folder of the prepared cohort (its tag hashes the settings and code)."""
         return self.prepared_dir / self.settings.tag()
 
     def prepare_data(self) -> None:
@@ -228,17 +229,11 @@ class CohortDataModule(L.LightningDataModule):
         test_patients = self.split.test
         val_patients = self.split.test if self.selection_split == "test_fold_reference" else self.split.val
         parts = {"train": self.split.train, "val": val_patients, "test": test_patients}
+        images = load_film_array(self.cohort_folder, films, self.settings.image_size)
         for name, patients in parts.items():
-            chosen = [f for f in films if f.patient_id in patients]
-            self.datasets[name] = FilmDataset(chosen, self._load_images(chosen))
-
-    def _load_images(self, films: list[PreparedFilm]) -> torch.Tensor:
-        size = self.settings.image_size
-        images = torch.empty((len(films), 1, size, size), dtype=torch.uint8)
-        for i, film in enumerate(films):
-            with Image.open(self.cohort_folder / film.file) as img:
-                images[i, 0] = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.uint8).copy())
-        return images
+            chosen = [i for i, f in enumerate(films) if f.patient_id in patients]
+            split_images = torch.from_numpy(np.ascontiguousarray(images[chosen])).unsqueeze(1)
+            self.datasets[name] = FilmDataset([films[i] for i in chosen], split_images)
 
     def split_sizes(self) -> dict[str, dict[str, int]]:
         """Films, patients and positives per split (after ``setup``)."""

@@ -39,7 +39,8 @@ RESULT_FILES = (METRICS_FILE, PREDICTIONS_FILE, FEATURES_FILE, FAILED_FILE, CONF
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "callbacks.progress", "callbacks.step_timer",
                      "data.num_workers", "data.progress", "data.preprocess_workers", "experiment.label",
                      "experiment.group", "experiment.reference", "experiment.curve", "experiment.curve_label",
-                     "experiment.folder", "force", "save_features", "feature_cache", "log_every_step")
+                     "experiment.folder", "force", "save_features", "feature_cache", "log_every_step",
+                     "trainer.cpu_threads")
 # Where inputs and outputs live. The cohort's content stands in for them (``cohort_identity`` in the hash), so
 # a moved cohort or a copied results folder keeps its hash, and a changed film changes it.
 LOCATION_KEYS = ("callbacks.checkpoint.dirpath", "callbacks.last_checkpoint.dirpath", "data.prepared_dir",

@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from pneumollm.data.datamodule import CohortDataModule
@@ -173,6 +173,25 @@ def _choice(group: str) -> str:
     return "?"
 
 
+def trainer_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.trainer`` without the suite's own keys (``cpu_threads``), as ``lightning.Trainer`` takes it."""
+    node = OmegaConf.to_container(cfg.trainer, resolve=True)
+    node.pop("cpu_threads", None)
+    return OmegaConf.create(node)
+
+
+def apply_cpu_threads(cfg: DictConfig) -> int | None:
+    """Set torch's intra-op threads to ``trainer.cpu_threads`` when training runs on the CPU; returns the count
+    set (None when it runs on a GPU or the setting is 0, torch's default)."""
+    threads = int(cfg.trainer.get("cpu_threads", 0) or 0)
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if threads <= 0 or not on_cpu:
+        return None
+    torch.set_num_threads(threads)
+    return threads
+
+
 def _prepared_datamodule(cfg: DictConfig) -> CohortDataModule:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule: CohortDataModule = instantiate(cfg.data, _convert_="object")
@@ -218,6 +237,7 @@ def _resume_path(checkpoints: ModelCheckpoint | None, run_dir: Path, chash: str)
 
 
 def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: CohortDataModule) -> dict[str, Any]:
+    apply_cpu_threads(cfg)
     datamodule.setup("fit")
     writer = launched_rank() == 0
     sizes = datamodule.split_sizes()
@@ -238,7 +258,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
         log_every_step=bool(cfg.get("log_every_step", False)),
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=_build_loggers(cfg) or False,
+    trainer: L.Trainer = instantiate(trainer_config(cfg), logger=_build_loggers(cfg) or False,
                                      callbacks=list(callbacks.values()), default_root_dir=str(run_dir))
     best_cb, last_cb = callbacks.get("checkpoint"), callbacks.get("last_checkpoint")
     counts = ParameterCounts.of(net)  # nf4 weights counted by their logical size, not their packed storage

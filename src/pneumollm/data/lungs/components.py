@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage.transform import resize
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -35,11 +34,25 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
+def nearest_indices(size: int, new_size: int) -> np.ndarray:
+    """For each of ``new_size`` pixels along an axis, the pixel of the ``size``-pixel axis it takes its value from
+    in a nearest-neighbour resize (pixel centres aligned, as skimage's ``resize(order=0)``); non-decreasing."""
+    coords = (np.arange(new_size) + 0.5) * (size / new_size) - 0.5
+    return np.clip(np.floor(coords + 0.5), 0, size - 1).astype(np.intp)
+
+
 def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a boolean mask to ``shape`` (height, width)."""
+    """Nearest-neighbour resize of a boolean mask to ``shape`` (height, width).
+
+    Pixel for pixel what ``skimage.transform.resize(mask, shape, order=0)`` gives, built by repeating rows
+    and columns (the source indices never decrease), which is many times faster on a full-size film.
+    """
+    mask = mask.astype(bool)
     if mask.shape == tuple(shape):
-        return mask.astype(bool)
-    return resize(mask.astype(bool), shape, order=0, anti_aliasing=False, preserve_range=True).astype(bool)
+        return mask
+    repeats = [np.bincount(nearest_indices(size, new_size), minlength=size)
+               for size, new_size in zip(mask.shape, shape)]
+    return mask.repeat(repeats[0], axis=0).repeat(repeats[1], axis=1)
 
 
 # Disk morphology through the Euclidean distance transform: exact for a disk of radius r and, unlike

@@ -1,0 +1,254 @@
+"""``pneumollm-compare``: two studies' tables side by side per arm (e.g. tiny vs full size, or two cohorts)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pneumollm.errors import USAGE_EXIT_CODE, UserError
+from pneumollm.utils.io import atomic_write, atomic_write_text
+
+TABLE_FILE, SUMMARY_FILE = "table.csv", "summary.csv"
+DEFAULT_METRICS = ("sensitivity", "specificity", "accuracy", "auc", "avg")
+ALIASES = {"sens": "sensitivity", "spec": "specificity", "acc": "accuracy", "pooled": "pooled_auc",
+           "params": "trainable_params", "l-para": "trainable_params"}
+HEADERS = {"sensitivity": "Sens.", "specificity": "Spec.", "accuracy": "Acc.", "auc": "AUC", "avg": "AVG",
+           "pooled_auc": "pooled AUC", "delta_avg": "ΔAVG", "delta_auc": "ΔAUC", "trainable_params": "L-para",
+           "peak_memory_gb": "Mem (GB)", "full_size_trainable_params": "full-size L-para"}
+
+
+class CompareError(UserError, ValueError):
+    """A study folder without a table, an unknown metric, an output file of an unknown kind."""
+
+
+@dataclass
+class StudyTable:
+    """One study's per-arm numbers, from its table.csv or summary.csv."""
+
+    source: Path
+    title: str
+    arms: list[str] = field(default_factory=list)  # arm ids in the file's order
+    labels: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, float | None]] = field(default_factory=dict)  # arm -> column -> number
+
+
+def _float(text: str | None) -> float | None:
+    if text is None or not text.strip() or text.strip().lower() == "nan":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _title(folder: Path) -> str:
+    """The first line of the folder's table.md (its title), or ''."""
+    path = folder / "table.md"
+    if not path.is_file():
+        return ""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return lines[0].lstrip("# ").strip() if lines else ""
+
+
+def _read_table(path: Path) -> StudyTable:
+    study = StudyTable(path, _title(path.parent))
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            arm = row["arm"]
+            study.arms.append(arm)
+            study.labels[arm] = row.get("label") or arm
+            study.values[arm] = {k: _float(v) for k, v in row.items() if k not in ("arm", "label")}
+    return study
+
+
+def _read_summary(path: Path) -> StudyTable:
+    study = StudyTable(path, "summary (no table)")
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            arm, fold = row["arm"], row["fold"]
+            if arm not in study.values:
+                study.arms.append(arm)
+                study.labels[arm] = row.get("label") or arm
+                study.values[arm] = {}
+            values = study.values[arm]
+            if fold in ("mean", "std"):
+                values |= {f"{m}_{fold}": _float(row.get(m)) for m in DEFAULT_METRICS}
+            if fold == "mean":
+                values |= {k: _float(row.get(k)) for k in ("pooled_auc", "trainable_params", "peak_memory_mb")}
+    return study
+
+
+def _numeric_table(path: Path) -> bool:
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    return "auc_mean" in header
+
+
+def read_study(path: str | Path) -> StudyTable:
+    """A study's table: ``table.csv`` of the folder (or the file given), else its ``summary.csv``."""
+    path = Path(path)
+    if path.is_file():
+        folder, candidates = path.parent, [path]
+    elif path.is_dir():
+        folder, candidates = path, [path / TABLE_FILE, path / SUMMARY_FILE]
+    else:
+        raise CompareError(f"{path}: no such folder or file")
+    for candidate in candidates:
+        if not candidate.is_file():
+            continue
+        if candidate.name == SUMMARY_FILE:
+            return _read_summary(candidate)
+        if _numeric_table(candidate):
+            return _read_table(candidate)
+    studies = sorted(p.parent.name for p in folder.glob(f"*/{TABLE_FILE}")) if path.is_dir() else []
+    hint = (f"; it holds several studies, pass one of them: {', '.join(studies)}" if studies else
+            f"; run pneumollm-aggregate {folder} (with --table TABLE for table.csv) first")
+    raise CompareError(f"{path}: no {TABLE_FILE} with numeric columns (pneumollm-aggregate --table) "
+                       f"and no {SUMMARY_FILE}{hint}")
+
+
+def _column(metric: str, studies: list[StudyTable]) -> str:
+    """The column holding ``metric``: ``<metric>_mean`` where the tables have one, else ``<metric>``."""
+    present = {c for s in studies for values in s.values.values() for c in values}
+    for column in (f"{metric}_mean", metric):
+        if column in present:
+            return column
+    names = sorted({c.removesuffix("_mean") for c in present if not c.endswith(("_std", "_ci_low", "_ci_high"))})
+    raise CompareError(f"unknown metric {metric!r}; the tables have: {', '.join(names)}")
+
+
+@dataclass
+class Comparison:
+    """Rows of the side-by-side table: per arm, each metric in A, in B and B − A."""
+
+    a: StudyTable
+    b: StudyTable
+    metrics: list[str]
+    columns: list[str]
+    rows: list[tuple[str, str, list[tuple[float | None, float | None, float | None]]]]  # arm, label, cells
+
+
+def compare(a: StudyTable, b: StudyTable, metrics: list[str]) -> Comparison:
+    """The arms of A in A's order, then those only B has, in B's order; a missing number stays None."""
+    metrics = [ALIASES.get(m.lower(), m.lower()) for m in metrics]
+    columns = [_column(m, [a, b]) for m in metrics]
+    rows = []
+    for arm in [*a.arms, *(x for x in b.arms if x not in a.values)]:
+        cells = []
+        for column in columns:
+            va = a.values.get(arm, {}).get(column)
+            vb = b.values.get(arm, {}).get(column)
+            cells.append((va, vb, None if va is None or vb is None else vb - va))
+        rows.append((arm, a.labels.get(arm) or b.labels.get(arm, arm), cells))
+    return Comparison(a, b, metrics, columns, rows)
+
+
+def _fmt(value: float | None, count: bool = False, signed: bool = False) -> str:
+    """A number as the table shows it: counts whole with thousands separators, others with two decimals."""
+    if value is None:
+        return "–"
+    digits = 0 if count else 2
+    value = round(value, digits) + 0.0  # no "-0.00" for a difference lost in rounding
+    sign = "+" if signed and value != 0 else ""
+    return f"{value:{sign},.{digits}f}" if count else f"{value:{sign}.{digits}f}"
+
+
+def header_cells(comparison: Comparison) -> list[str]:
+    """The column headers: Arm, then per metric its value in A, in B, and B − A."""
+    cells = ["Arm"]
+    for metric in comparison.metrics:
+        name = HEADERS.get(metric, metric)
+        cells += [f"{name} A", f"{name} B", f"{name} B−A"]
+    return cells
+
+
+def body_cells(comparison: Comparison) -> list[list[str]]:
+    """The formatted rows: the arm's label, then per metric A, B and B − A."""
+    counts = [column.endswith("params") for column in comparison.columns]
+    return [[label, *(text for (va, vb, d), count in zip(cells, counts)
+                      for text in (_fmt(va, count), _fmt(vb, count), _fmt(d, count, signed=True)))]
+            for _, label, cells in comparison.rows]
+
+
+def legend(comparison: Comparison) -> list[str]:
+    """Where A and B come from (and the tables' titles)."""
+    return [f"{name} = {s.source}" + (f" ({s.title})" if s.title else "")
+            for name, s in (("A", comparison.a), ("B", comparison.b))]
+
+
+def write_markdown(comparison: Comparison, path: Path) -> Path:
+    header = header_cells(comparison)
+    lines = [f"# {comparison.a.source.parent.name} (A) vs {comparison.b.source.parent.name} (B)", "",
+             *(f"- {line}" for line in legend(comparison)), "",
+             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body_cells(comparison)]
+    lines += ["", "Means over folds (pooled figures as they are), in percent unless a count; B−A: B minus A."]
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_csv(comparison: Comparison, path: Path) -> Path:
+    fields = ["arm", "label", *(f"{m}_{side}" for m in comparison.metrics for side in ("a", "b", "diff"))]
+
+    def writer(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            out = csv.writer(handle)
+            out.writerow(fields)
+            for arm, label, cells in comparison.rows:
+                out.writerow([arm, label, *("" if v is None else round(v, 4) for c in cells for v in c)])
+
+    return atomic_write(path, writer)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pneumollm-compare",
+        description="Two studies' tables side by side per arm: each metric's mean over folds in A, in B and "
+                    "B − A (e.g. the tiny against the full size, or one cohort against another). Reads each "
+                    "folder's table.csv (pneumollm-aggregate --table), else its summary.csv.",
+    )
+    parser.add_argument("results_a", type=Path, help="study folder A (e.g. results/table6/demo) or its table.csv")
+    parser.add_argument("results_b", type=Path, help="study folder B, compared against A")
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                        help="comma-separated metrics (default: %(default)s); also pooled_auc, delta_avg, "
+                             "delta_auc, trainable_params, peak_memory_gb, paper_auc, ...")
+    parser.add_argument("--out", type=Path, default=None, help="also write the comparison to FILE.md or FILE.csv")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 1000)  # piped: one line per row, never wrapped
+    errors = Console(stderr=True, width=None if sys.stderr.isatty() else 1000)
+    try:
+        if args.out is not None and args.out.suffix not in (".md", ".csv"):
+            raise CompareError(f"--out {args.out}: give a .md or a .csv file")
+        a, b = read_study(args.results_a), read_study(args.results_b)
+        comparison = compare(a, b, [m.strip() for m in args.metrics.split(",") if m.strip()])
+    except CompareError as err:
+        errors.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        return USAGE_EXIT_CODE
+    for line in legend(comparison):
+        console.print(line, highlight=False, soft_wrap=True)
+    table = Table(title="per arm: A, B and B − A (means over folds)")
+    for k, column in enumerate(header_cells(comparison)):
+        table.add_column(column, justify="left" if k == 0 else "right", no_wrap=True)
+    for row in body_cells(comparison):
+        table.add_row(*row)
+    console.print(table)
+    if not any(arm in a.values and arm in b.values for arm, _, _ in comparison.rows):
+        console.print("[yellow]no arm is in both tables[/yellow]")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        (write_csv if args.out.suffix == ".csv" else write_markdown)(comparison, args.out)
+        console.print(f"written: {args.out}", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
