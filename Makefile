@@ -18,13 +18,14 @@ RESULTS ?= results
 TABLES := table2 table3 table4 table5 table6 fig6a fig6b
 DATA_ARGS = $(if $(DATA),data=manifest data.source.manifest=$(abspath $(DATA)),)
 
-.PHONY: install demo test test-all lint format clean help paper $(TABLES)
+.PHONY: install demo test test-all lint format clean help paper sync $(TABLES)
 
 help:
 	@echo "make demo      five-fold cross-validation of the tiny PneumoLLM on the embedded demo cohort (CPU)"
 	@echo "make test      the fast test suite (make test-all adds slow and ../shared tests)"
 	@echo "make table6    one paper table or figure (table2..table6, fig6a, fig6b); make paper runs them all"
 	@echo "               SIZE=full (paper models, GPU), DATA=manifest.csv (your cohort), ARGS='key=value ...'"
+	@echo "make sync      upload the offline W&B runs of a table: make sync TABLE=table6 (no TABLE: the demo)"
 	@echo "make install   create $(VENV) with the suite installed (done automatically by the others)"
 	@echo "make lint      ruff"
 
@@ -48,6 +49,11 @@ $(TABLES): install
 	$(BIN)/pneumollm-aggregate $(RESULTS)/$@ --table $@ --partial || status=$$?; exit $$status
 
 paper: $(TABLES)
+
+# Upload the offline W&B runs of a table (every arm, fold and cohort, and the aggregate runs): make sync TABLE=table6
+TABLE ?=
+sync: install
+	$(BIN)/python -m pneumollm.analysis.wandb_sync $(if $(TABLE),$(RESULTS)/$(TABLE),$(OUT)/demo)
 
 test: install
 	$(BIN)/python -m pytest -q

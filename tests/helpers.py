@@ -142,3 +142,47 @@ def build_model_config(name: str, size: str = "tiny"):
 
     cfg = OmegaConf.create({"size_name": size, "model": OmegaConf.load(conf_dir() / "model" / f"{name}.yaml")})
     return instantiate(cfg.model)
+
+
+def wandb_records(path: Path):
+    """The records of an offline W&B run file (``run-<id>.wandb``), for tests that read a run back.
+
+    The file is W&B's LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks (4-byte checksum,
+    2-byte length, 1-byte type: full, first, middle, last) holding serialised ``wandb_internal_pb2.Record``s.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, block, buffer = Path(path).read_bytes(), 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _checksum, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        buffer = chunk if kind in (1, 2) else buffer + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buffer)
+            yield record
+
+
+def wandb_run_contents(run_dir: Path) -> tuple[str, dict, dict]:
+    """(run id, config, summary) written into one offline run folder (values decoded from JSON)."""
+    import json
+
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    run_id, config, summary = "", {}, {}
+    for record in wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run_id = record.run.run_id
+            config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "config":
+            config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+        elif kind == "summary":
+            summary.update({i.key: json.loads(i.value_json) for i in record.summary.update if i.key})
+    return run_id, config, summary

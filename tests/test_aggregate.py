@@ -161,3 +161,24 @@ def test_summary_lists_the_arms_in_the_tables_order(tmp_path: Path) -> None:
             return list(dict.fromkeys(r["arm"] for r in csv.DictReader(handle)))
 
     assert arms("summary.csv") == arms("table.csv") == ["baseline", "adapter", "pneumollm"]
+
+
+def test_an_unchanged_study_keeps_its_outputs_and_a_changed_run_remakes_them(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    _three_folds(tmp_path)
+    args = [str(tmp_path), "--num-folds", "3", "--table", "table6", "--no-wandb", "--bootstrap", "50"]
+    assert aggregate_main(args) == 0
+    stamp = (tmp_path / "table.md").stat().st_mtime_ns
+    first = capsys.readouterr().out
+    assert aggregate_main(args) == 0
+    again = capsys.readouterr().out
+    assert "unchanged since the last aggregation" in again and (tmp_path / "table.md").stat().st_mtime_ns == stamp
+    assert first.split("written:")[0] == again.split("written:")[0]  # the same summary on the console
+    assert aggregate_main([*args, "--bootstrap", "60"]) == 0  # another option: remade
+    assert (tmp_path / "table.md").stat().st_mtime_ns != stamp
+    stamp = (tmp_path / "table.md").stat().st_mtime_ns
+    predictions = tmp_path / "arm" / "fold1" / "predictions.csv"
+    predictions.write_text(predictions.read_text().replace("0.3", "0.35"))
+    assert aggregate_main([*args, "--bootstrap", "60"]) == 0
+    assert "unchanged since the last" not in capsys.readouterr().out
+    assert (tmp_path / "table.md").stat().st_mtime_ns != stamp

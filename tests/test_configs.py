@@ -98,7 +98,7 @@ def test_logger_choices(tmp_path: Path, choice: str) -> None:
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
     assert len(loggers) == {"wandb": 2, "csv": 1, "none": 0}[choice]
     if choice == "wandb":
-        assert loggers[0]._wandb_init["group"] == "default/pneumollm"
+        assert loggers[0]._wandb_init["group"] == "default/pneumollm/tiny/demo"
         assert loggers[0]._wandb_init["job_type"] == "cv-fold"
 
 

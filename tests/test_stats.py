@@ -80,3 +80,17 @@ def test_a_figure_without_paper_numbers_leaves_the_paper_columns_out_of_the_mark
     assert "paper AUC" not in markdown and "plot only" in markdown
     header = (tmp_path / "table.csv").read_text().splitlines()[0].split(",")
     assert "paper_auc" in header and header == list(CSV_COLUMNS)  # the csv keeps one schema
+
+
+def test_the_rank_auc_equals_scikit_learns_with_ties() -> None:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from pneumollm.analysis.stats import rank_auc
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        labels = rng.integers(0, 2, 50)
+        labels[:2] = [0, 1]
+        probs = np.round(rng.random(50), 1)  # many ties
+        assert rank_auc(labels, probs) == pytest.approx(roc_auc_score(labels, probs), abs=1e-12)

@@ -25,7 +25,6 @@ from pneumollm.analysis.figures import (
     select_panel_films,
 )
 from pneumollm.analysis.tables import (
-    COLUMNS,
     TableRow,
     build_rows,
     has_paper_numbers,
@@ -34,6 +33,7 @@ from pneumollm.analysis.tables import (
     write_table,
 )
 from pneumollm.training.records import CONFIG_FILE, FEATURES_FILE
+from pneumollm.utils.console import make_console
 
 
 @dataclass
@@ -230,7 +230,7 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
     ``arms``: the runs already collected from ``runs_dir`` (read again when not given). The arms are listed in
     ``table_arm_order``. ``tsne_fold``: the fold whose models the t-SNE figure shows (default: the lowest).
     """
-    console = console or Console(stderr=True)
+    console = console or make_console()
     arms = collect_runs(runs_dir) if arms is None else arms
     complete, incomplete = split_complete(arms, num_folds, partial, f"{table} ({runs_dir})")
     configs = {name: _run_config(arm) for name, arm in complete.items()}
@@ -300,19 +300,59 @@ def table_figures(ordered: list[ArmRuns], rows: list[TableRow], out_dir: Path, t
     return figures
 
 
-def log_table_to_wandb(table: str, report: TableReport) -> None:
-    """One ``aggregate`` run per table holding the table and the figures (offline unless WANDB_MODE=online)."""
+def _numeric_rows(path: Path) -> tuple[list[str], list[list[Any]]]:
+    """A CSV's header and rows with numbers as floats and empty cells as None (W&B tables sort and plot them)."""
+    import csv
+
+    def value(cell: str) -> Any:
+        if cell == "":
+            return None
+        try:
+            return float(cell)
+        except ValueError:
+            return cell
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    return rows[0], [[value(c) for c in row] for row in rows[1:]]
+
+
+def aggregate_run_id(table: str, config: DictConfig | None) -> str:
+    """The W&B id of a table's aggregate run: one per (table, size, cohort), so re-aggregating updates it."""
+    from pneumollm.utils.io import sha256_json
+
+    size = OmegaConf.select(config, "size_name", default="?") if config is not None else "?"
+    cohort = OmegaConf.select(config, "data.cohort", default="?") if config is not None else "?"
+    return f"aggregate-{sha256_json([table, size, cohort])[:12]}"
+
+
+def log_table_to_wandb(table: str, report: TableReport) -> str | None:
+    """One ``aggregate`` run per (table, size, cohort), updated on every aggregation (offline unless
+    ``WANDB_MODE=online``): the table as numbers (``table.csv``), the per-fold metrics (``summary.csv``) and
+    the figures. Returns the run's id (None without wandb)."""
     try:
         import wandb
     except ImportError:
-        return
-    project = OmegaConf.select(report.config, "logger.wandb.project") if report.config is not None else None
-    project = project or "pneumollm"
-    run = wandb.init(project=project, group=f"{table}/summary", job_type="aggregate", name=f"{table}-aggregate",
-                     dir=str(report.table_md.parent), mode=os.environ.get("WANDB_MODE", "offline"),
-                     reinit="finish_previous")
+        return None
+    config = report.config
+    project = OmegaConf.select(config, "logger.wandb.project") if config is not None else None
+    size = OmegaConf.select(config, "size_name", default="?") if config is not None else "?"
+    cohort = OmegaConf.select(config, "data.cohort", default="?") if config is not None else "?"
+    run_id = aggregate_run_id(table, config)
+    run = wandb.init(project=project or "pneumollm", id=run_id, resume="allow", group=f"{table}/aggregate",
+                     job_type="aggregate", name=f"{table}-{size}-{cohort}", tags=[table, str(size), str(cohort)],
+                     config={"table": table, "size": size, "cohort": cohort}, dir=str(report.table_md.parent),
+                     mode=os.environ.get("WANDB_MODE", "offline"), reinit="finish_previous")
     try:
-        run.log({"table": wandb.Table(columns=list(COLUMNS), data=report.cells)})
-        run.log({fig.stem: wandb.Image(str(fig)) for fig in report.figures})
+        columns, rows = _numeric_rows(report.table_csv)
+        logged: dict[str, Any] = {"table": wandb.Table(columns=columns, data=rows)}
+        summary_csv = report.table_md.parent / "summary.csv"
+        if summary_csv.is_file():
+            columns, rows = _numeric_rows(summary_csv)
+            fold = columns.index("fold")
+            logged["per_fold"] = wandb.Table(columns=columns, data=[r for r in rows if isinstance(r[fold], float)])
+        logged.update({fig.stem: wandb.Image(str(fig)) for fig in report.figures})
+        run.log(logged)
     finally:
         run.finish()
+    return run_id

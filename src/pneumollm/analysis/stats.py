@@ -25,6 +25,16 @@ class Interval:
         return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
+def rank_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """AUC from the Mann-Whitney U statistic (average ranks, so ties count half): equal to scikit-learn's
+    ``roc_auc_score`` (tested) at a fraction of its cost, for the thousands of AUCs a bootstrap computes."""
+    ranks = stats.rankdata(probs)
+    positive = labels == 1
+    n_pos = int(positive.sum())
+    n_neg = len(labels) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def bootstrap_auc_by_patient(labels: Sequence[int], probs: Sequence[float], patients: Sequence[str],
                              n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Interval:
     """Pooled AUC (percent) with a percentile bootstrap interval that resamples *patients* with replacement.
@@ -48,7 +58,7 @@ def bootstrap_auc_by_patient(labels: Sequence[int], probs: Sequence[float], pati
         idx = np.concatenate([groups[i] for i in chosen])
         if len(np.unique(y[idx])) < 2:
             continue
-        estimates.append(roc_auc_score(y[idx], p[idx]) * 100)
+        estimates.append(rank_auc(y[idx], p[idx]) * 100)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(estimates, [alpha, 1 - alpha])
     return Interval(float(roc_auc_score(y, p) * 100), float(low), float(high))

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from pneumollm.analysis.collect import RUNS_SUBDIR, AggregationError, collect_runs, find_studies, split_complete
+from pneumollm.analysis.collect import (
+    RUNS_SUBDIR,
+    AggregationError,
+    collect_runs,
+    find_studies,
+    run_dirs_under,
+    split_complete,
+)
 from pneumollm.analysis.summary import summarise_arm, summary_rows, write_summary
-from pneumollm.utils.io import output_set
-
-if TYPE_CHECKING:
-    from pneumollm.analysis.report import TableReport
+from pneumollm.utils.console import make_console
+from pneumollm.utils.io import output_set, read_output_set
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", default=None, help="arm the paired differences are taken against")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the pooled-AUC interval")
     parser.add_argument("--no-wandb", action="store_true", help="do not write the W&B aggregate run")
+    parser.add_argument("--force", action="store_true",
+                        help="remake the outputs even when no run and no option changed since the last aggregation")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = make_console(stderr=False)
     try:
         studies = find_studies(args.experiment_dir)
     except AggregationError as err:
@@ -61,12 +68,50 @@ def main(argv: list[str] | None = None) -> int:
     return max(codes)
 
 
+AGGREGATE_SET = "aggregate"
+_RUN_INPUTS = ("metrics.json", "predictions.csv", "features.npz", "config.yaml", "job.json", "failed.json")
+
+
+def inputs_key(runs_dir: Path, args: argparse.Namespace) -> str:
+    """What a study's summary, table and figures are made from: every run file's size and time, the prepared
+    cohorts' indexes the film panel reads, the options, and the analysis code."""
+    import json
+
+    from pneumollm.utils.io import sha256_file, sha256_json
+
+    files, cohorts = [], set()
+    for run_dir in run_dirs_under(runs_dir):
+        for name in _RUN_INPUTS:
+            path = run_dir / name
+            if path.is_file():
+                stat = path.stat()
+                files.append((str(path.relative_to(runs_dir)), stat.st_size, stat.st_mtime_ns))
+        with contextlib.suppress(OSError, ValueError):  # no metrics yet: no cohort to read for the panel
+            cohorts.add(json.loads((run_dir / "metrics.json").read_text()).get("cohort_folder") or "")
+    for folder in sorted(c for c in cohorts if c):
+        index = Path(folder) / "cohort.csv"
+        if index.is_file():
+            files.append((str(index), index.stat().st_size, index.stat().st_mtime_ns))
+    code_dir = Path(__file__).resolve().parents[1] / "analysis"
+    code = {p.name: sha256_file(p) for p in sorted([*code_dir.glob("*.py"), *code_dir.glob("data/*"),
+                                                   Path(__file__)])}
+    options = {k: getattr(args, k) for k in ("num_folds", "partial", "table", "reference", "bootstrap")}
+    return sha256_json({"files": files, "code": code, "options": options})[:24]
+
+
 def aggregate_study(study: Path, out_dir: Path, args: argparse.Namespace, console: Console) -> int:
     """Summarise one study into ``out_dir``: summary files and, with ``--table``, the table and its figures,
-    replaced together (a failure leaves the previous set as it was)."""
+    replaced together (a failure leaves the previous set as it was). When nothing they are made from changed
+    since the last aggregation (``inputs_key``), the outputs stand and are only shown (``--force`` remakes them)."""
     runs_dir = study / RUNS_SUBDIR if (study / RUNS_SUBDIR).is_dir() else study
     if study.name == RUNS_SUBDIR and out_dir == study:
         out_dir = study.parent
+    key = inputs_key(runs_dir, args)
+    members, meta = read_output_set(out_dir, AGGREGATE_SET)
+    if not args.force and meta and meta.get("key") == key and all((out_dir / m).is_file() for m in members):
+        show(console, runs_dir, out_dir, meta, args)
+        console.print("(unchanged since the last aggregation: outputs kept; --force remakes them)", highlight=False)
+        return 0
     report = None
     if args.table:  # tables and figures need matplotlib and scikit-learn's t-SNE; a summary does not
         from pneumollm.analysis.report import aggregate_table, log_table_to_wandb, table_arm_order
@@ -75,51 +120,64 @@ def aggregate_study(study: Path, out_dir: Path, args: argparse.Namespace, consol
         complete_arms, incomplete = split_complete(arms, args.num_folds, args.partial, runs_dir)
         complete = [summarise_arm(arm) for arm in complete_arms.values()]
         order = table_arm_order(complete_arms, args.table) if args.table else None
-        with output_set(out_dir, "aggregate") as stage:
+        rows = summary_rows(complete, order=order)  # stored as lists: the manifest's JSON sorts dict keys
+        meta = {"key": key, "summary_columns": list(rows[0]), "summary_rows": [list(r.values()) for r in rows],
+                "incomplete": incomplete}
+        with output_set(out_dir, AGGREGATE_SET, meta=meta) as stage:
             write_summary(complete, stage, order=order)
             if args.table:
                 report = aggregate_table(runs_dir, stage, args.table, reference=args.reference,
                                          num_folds=args.num_folds, partial=args.partial, n_boot=args.bootstrap,
-                                         use_wandb=False, arms=arms).moved(stage, out_dir)
+                                         use_wandb=False, arms=arms)
+                meta["table"] = {"title": report.table_md.read_text().splitlines()[0].lstrip("# "),
+                                 "cells": report.cells, "has_paper": report.has_paper,
+                                 "figures": [f.name for f in report.figures]}
+        report = report.moved(stage, out_dir) if report is not None else None
     except AggregationError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         return 2
-    table = Table(title=f"{runs_dir}: {args.num_folds}-fold cross-validation (figures in %)")
-    rows = summary_rows(complete, order=order)
-    for column in rows[0]:
-        table.add_column(column, justify="left" if column == "arm" else "right")
-    for row in rows:
-        table.add_row(*row.values(), style="bold" if row["fold"] == "mean ± std" else None)
-    console.print(table)
-    for name, ps in incomplete.items():
-        console.print(f"[yellow]incomplete arm {name}:[/yellow] " + "; ".join(ps), highlight=False)
-    console.print(f"written: {out_dir / 'summary.csv'} and {out_dir / 'summary.md'}", highlight=False)
-    if report is not None:
-        print_table(console, report)
-        if not args.no_wandb:
-            log_table_to_wandb(args.table, report)
+    show(console, runs_dir, out_dir, meta, args)
+    if report is not None and not args.no_wandb:
+        log_table_to_wandb(args.table, report)
     return 0
 
 
-def print_table(console: Console, report: TableReport) -> None:
+def show(console: Console, runs_dir: Path, out_dir: Path, meta: dict, args: argparse.Namespace) -> None:
+    """The summary (and the table) on the console, from what an aggregation recorded."""
+    table = Table(title=f"{runs_dir}: {args.num_folds}-fold cross-validation (figures in %)")
+    columns = meta["summary_columns"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    fold = columns.index("fold")
+    for row in meta["summary_rows"]:
+        table.add_row(*row, style="bold" if row[fold] == "mean ± std" else None)
+    console.print(table)
+    for name, ps in meta["incomplete"].items():
+        console.print(f"[yellow]incomplete arm {name}:[/yellow] " + "; ".join(ps), highlight=False)
+    console.print(f"written: {out_dir / 'summary.csv'} and {out_dir / 'summary.md'}", highlight=False)
+    if meta.get("table"):
+        print_table(console, meta["table"], out_dir)
+
+
+def print_table(console: Console, recorded: dict, out_dir: Path) -> None:
     """The table's main columns on the console (the files hold every column)."""
     from pneumollm.analysis.tables import COLUMNS
 
     shown = ["Arm", "L-para (M)", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "pooled AUC [95% CI]", "ΔAVG [95% CI]",
              "paper AUC", "paper AVG"]
-    if not report.has_paper:
+    if not recorded["has_paper"]:
         shown = [c for c in shown if not c.startswith("paper ")]
     index = [COLUMNS.index(c) for c in shown]
-    table = Table(title=report.table_md.read_text().splitlines()[0].lstrip("# "))
+    table = Table(title=recorded["title"])
     for column in shown:
         table.add_column(column, justify="left" if column == "Arm" else "right", no_wrap=column == "Arm")
-    for cells in report.cells:
+    for cells in recorded["cells"]:
         table.add_row(*[cells[i] for i in index])
     console.print(table)
-    console.print(f"written: {report.table_md}, {report.table_csv} (every column, incl. memory and ΔAUC)",
+    console.print(f"written: {out_dir / 'table.md'}, {out_dir / 'table.csv'} (every column, incl. memory and ΔAUC)",
                   highlight=False)
-    for figure in report.figures:
-        console.print(f"figure: {figure}", highlight=False)
+    for figure in recorded["figures"]:
+        console.print(f"figure: {out_dir / figure}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from rich.console import Console
 
 from pneumollm.config import register_resolvers
 from pneumollm.data.datamodule import CohortDataModule
 from pneumollm.data.qc_sheets import write_cohort_qc
 from pneumollm.errors import user_errors_exit
 from pneumollm.paths import conf_dir
+from pneumollm.utils.console import say
 
 register_resolvers()
 
@@ -19,16 +19,15 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="prepare")
 def main(cfg: DictConfig) -> None:
     """Prepare the configured cohort; prints counts and where the cohort, report, folds and QC sheets are."""
-    console = Console(stderr=True)
     with user_errors_exit():
         datamodule: CohortDataModule = instantiate(cfg.data, _convert_="object")
         datamodule.prepare_data()
-    console.print(f"cohort index: {datamodule.cohort_folder / 'cohort.csv'}", highlight=False)
-    console.print(f"folds: {datamodule.folds_path}", highlight=False)
+    say(f"cohort index: {datamodule.cohort_folder / 'cohort.csv'}")
+    say(f"folds: {datamodule.folds_path}")
     if cfg.qc:
         sheets = write_cohort_qc(datamodule.cohort, max_films=int(cfg.qc_max_films), columns=int(cfg.qc_columns))
         for sheet in sheets:
-            console.print(f"QC sheet: {sheet}", highlight=False)
+            say(f"QC sheet: {sheet}")
 
 
 if __name__ == "__main__":

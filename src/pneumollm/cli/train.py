@@ -15,7 +15,6 @@ from pneumollm.config import register_resolvers
 from pneumollm.errors import user_errors_exit
 from pneumollm.paths import conf_dir
 from pneumollm.training import sweep_report
-from pneumollm.training.run import run_fold
 from pneumollm.utils.quiet import quiet_third_party_noise
 
 register_resolvers()
@@ -25,6 +24,8 @@ quiet_third_party_noise()
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def app(cfg: DictConfig) -> None:
     """Train and test the fold ``data.fold`` of the configured arm; results go to the Hydra run directory."""
+    from pneumollm.training.run import run_fold  # torch and Lightning load here, so --help and --cfg stay quick
+
     with user_errors_exit():
         run_fold(cfg)
 

@@ -12,7 +12,6 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from rich.console import Console
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pneumollm.data.film_array import load_film_array
@@ -31,6 +30,7 @@ from pneumollm.data.preprocess import (
 )
 from pneumollm.data.sources import list_cohort
 from pneumollm.errors import ConfigError
+from pneumollm.utils.console import say
 from pneumollm.utils.io import sha256_json
 
 SELECTION_SPLITS = ("validation", "test_fold_reference")
@@ -169,16 +169,15 @@ class CohortDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if self.cohort is not None:  # already prepared by this instance (the fold runner calls it before fit)
             return
-        console = Console(stderr=True)
         listing = list_cohort(self.source, label_map=self.label_map, progress=self.progress)
         for note in listing.notes:
-            console.print(f"[bold]cohort[/bold] note: {note}", highlight=False)
+            say(f"[bold]cohort[/bold] note: {note}")
         self.cohort = prepare_cohort(
             listing, self.prepared_dir, self.settings, partial(build_segmenter, self.lungs),
             workers=cpu_workers(self.preprocess_workers), progress=self.progress,
         )
         for line in self.cohort.summary_lines():
-            console.print(f"[bold]cohort[/bold] {line}", highlight=False)
+            say(f"[bold]cohort[/bold] {line}")
         pairs = [(f.patient_id, f.label) for f in self.cohort.films]
         load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, self.regenerate_folds)
         self.regenerate_folds = False  # once per run, not once per stage

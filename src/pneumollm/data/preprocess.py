@@ -111,11 +111,15 @@ class PreparedCohort:
     def summary_lines(self) -> list[str]:
         """Human-readable counts for the console."""
         crops = Counter(f.crop_status for f in self.films)
+        labels: dict[str, int] = {}
+        for film in self.films:
+            labels[film.patient_id] = max(film.label, labels.get(film.patient_id, 0))
+        positive_films, positive_patients = sum(f.label for f in self.films), sum(labels.values())
         lines = [
-            f"{len(self.films)} films ready ({self.decoded} decoded now, {len(self.films) - self.decoded} from cache), "
-            f"{len({f.patient_id for f in self.films})} patients, "
-            f"{sum(f.label for f in self.films)} pneumoconiosis / {sum(1 - f.label for f in self.films)} normal",
-            "crop: " + ", ".join(f"{n} {status}" for status, n in sorted(crops.items())),
+            f"{len(self.films)} films ready ({self.decoded} decoded now, {len(self.films) - self.decoded} from cache): "
+            f"{positive_films} pneumoconiosis / {len(self.films) - positive_films} normal films of {len(labels)} "
+            f"patients ({positive_patients} with pneumoconiosis / {len(labels) - positive_patients} normal)",
+            "crop: " + ", ".join(f"{n} {status}" for status, n in sorted(crops.items())) + " films",
         ]
         window_fallbacks = sum("min/max" in f.notes for f in self.films)
         if window_fallbacks:

@@ -88,6 +88,7 @@ class ClassificationModule(L.LightningModule):
         self.from_prefix = False  # batches carry the frozen prefix's cached features instead of images
         self.log_every_step = log_every_step  # the training loss per step too (costs 5-30 % of a tiny fold)
         self._frozen_fingerprint: str | None = None  # frozen weights never change: fingerprint them once
+        self.val_history: dict[int, dict[str, float]] = {}  # epoch -> validation figures (kept in checkpoints)
         self.strict_loading = False  # checkpoints hold the trainable weights only
         self.val_metrics = paper_metrics(threshold).clone(prefix="val/")
         self.test_metrics = paper_metrics(threshold).clone(prefix="test/")
@@ -126,10 +127,14 @@ class ClassificationModule(L.LightningModule):
         if not self._val_losses:
             return
         count = len(self.trainer.datamodule.datasets["val"]) if self.trainer.datamodule else 1
-        self.log("val/loss", torch.stack(self._val_losses).sum() / max(1, count), prog_bar=False)
+        val_loss = torch.stack(self._val_losses).sum() / max(1, count)
+        self.log("val/loss", val_loss, prog_bar=False)
         self._val_losses.clear()
         values = self._percent(self.val_metrics.compute(), "val/")
         self.val_metrics.reset()
+        if not self.trainer.sanity_checking:
+            self.val_history[int(self.current_epoch)] = {"val/loss": float(val_loss),
+                                                         **{k: float(v) for k, v in values.items()}}
         avg = values.pop("val/avg")
         self.log_dict(values, prog_bar=False)
         self.log("val/avg", avg, prog_bar=True)
@@ -181,6 +186,7 @@ class ClassificationModule(L.LightningModule):
             self._frozen_fingerprint = frozen_fingerprint(self.net)
         checkpoint["frozen_fingerprint"] = self._frozen_fingerprint
         checkpoint[RUN_IDENTITY_KEY] = dict(self.run_identity)  # a run resumes only its own checkpoints
+        checkpoint["val_history"] = {str(k): v for k, v in self.val_history.items()}
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -196,6 +202,7 @@ class ClassificationModule(L.LightningModule):
                 "(another pretrained model, seed or architecture); refusing to mix them"
             )
         states = checkpoint.get("rng_states")
+        self.val_history.update({int(k): dict(v) for k, v in checkpoint.get("val_history", {}).items()})
         if states and self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:
             torch.set_rng_state(states["torch"])
             if states["cuda"] and torch.cuda.is_available():

@@ -23,7 +23,6 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 
 from pneumollm.data.datamodule import CohortDataModule
 from pneumollm.errors import ConfigError, UserError, describe, find_user_error
@@ -44,8 +43,8 @@ from pneumollm.training.records import (
     write_metrics,
     write_predictions,
 )
+from pneumollm.utils.console import say
 
-console = Console(stderr=True)
 LOCK_FILE = ".lock"
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -73,13 +72,39 @@ def _instantiate_dict(node: DictConfig | None) -> dict[str, Any]:
     return {k: instantiate(v) for k, v in node.items() if isinstance(v, DictConfig) and "_target_" in v}
 
 
-def _build_loggers(cfg: DictConfig) -> list[Any]:
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as one level of dotted keys (``model.encoder.adapter.hidden``), for dashboards."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def wandb_settings(cfg: DictConfig, chash: str) -> dict[str, Any]:
+    """What a fold's W&B run gets besides its logger config: a stable id (the config hash, so a resumed fold
+    continues its run and a rerun of the same job updates it) and the resolved config with the keys a
+    dashboard groups by (table, arm, fold, size, cohort)."""
+    keys = {"table": str(cfg.experiment.name), "arm": str(cfg.experiment.arm), "fold": int(cfg.data.fold),
+            "size": str(cfg.get("size_name", "?")), "cohort": str(cfg.data.get("cohort", "?")),
+            "config_hash": chash}
+    return {"id": chash, "resume": "allow", "config": {**keys, **flat_config(cfg)}}
+
+
+def _build_loggers(cfg: DictConfig, chash: str) -> list[Any]:
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
-        try:
-            loggers.append(instantiate(node))
+        extra = wandb_settings(cfg, chash) if str(node.get("_target_", "")).endswith("WandbLogger") else {}
+        try:  # partial first: instantiate's own first parameter is called ``config``, as W&B's is
+            loggers.append(instantiate(node, _partial_=True)(**extra))
         except Exception as err:  # W&B missing or broken: keep the CSV record and say so
-            console.print(f"[yellow]logger {name} unavailable ({type(err).__name__}: {err}); continuing without it")
+            say(f"[yellow]logger {name} unavailable ({type(err).__name__}: {err}); continuing without it")
     return loggers
 
 
@@ -123,7 +148,7 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
         message = f"{_job_name(cfg)}: another process is running this job in {run_dir}; leaving it to that process"
         if not _in_multirun():
             raise JobLockedError(message) from None
-        console.print(f"[yellow]skip[/yellow] {message}", highlight=False)
+        say(f"[yellow]skip[/yellow] {message}")
         return {"skipped": "locked"}
     chash = None
     try:
@@ -131,7 +156,7 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
         chash = config_hash(cfg, datamodule.cohort_identity())
         status = run_status(run_dir)
         if status.complete and status.config_hash == chash and not cfg.get("force", False):
-            console.print(f"[green]skip[/green] {_job_name(cfg)}: done ({run_dir})", highlight=False)
+            say(f"[green]skip[/green] {_job_name(cfg)}: done ({run_dir})")
             return dict(status.metrics or {})
         _claim(run_dir, cfg, chash, datamodule)
         metrics = _train_and_test(cfg, run_dir, chash, datamodule)
@@ -143,8 +168,8 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
                                 "user_error": find_user_error(err) is not None})
         if not _in_multirun():
             raise
-        console.print(f"[red]FAILED[/red] {_job_name(cfg)}: {describe(err)}"
-                      f" (recorded in {run_dir / FAILED_FILE}); the sweep goes on", highlight=False)
+        say(f"[red]FAILED[/red] {_job_name(cfg)}: {describe(err)}"
+                      f" (recorded in {run_dir / FAILED_FILE}); the sweep goes on")
         return {"failed": True}
     finally:
         lock.release()
@@ -206,8 +231,8 @@ def _claim(run_dir: Path, cfg: DictConfig, chash: str, datamodule: CohortDataMod
     if owner != chash:
         where = set_aside(run_dir, str(owner or "unknown"))
         if where is not None:
-            console.print(f"[yellow]{_job_name(cfg)}: the folder held the outputs of another config "
-                          f"({owner or 'unknown'}); set aside in {where}[/yellow]", highlight=False)
+            say(f"[yellow]{_job_name(cfg)}: the folder held the outputs of another config "
+                          f"({owner or 'unknown'}); set aside in {where}[/yellow]")
     elif cfg.get("force", False):
         set_aside(run_dir, f"{chash}-forced")
     write_job(run_dir, {"config_hash": chash, "cohort": datamodule.cohort_identity(),
@@ -228,11 +253,10 @@ def _resume_path(checkpoints: ModelCheckpoint | None, run_dir: Path, chash: str)
     except Exception as err:  # a checkpoint cut short by a kill
         why = f"it cannot be read ({type(err).__name__}: {err})"
     if why is None:
-        console.print(f"resuming from {last}", highlight=False)
+        say(f"resuming from {last}")
         return str(last)
     where = set_aside(run_dir, "checkpoints-not-resumed", [CHECKPOINT_DIR])
-    console.print(f"[yellow]not resuming from {last}: {why}; set aside in {where}; training from the start",
-                  highlight=False)
+    say(f"[yellow]not resuming from {last}: {why}; set aside in {where}; training from the start")
     return None
 
 
@@ -242,9 +266,9 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     writer = launched_rank() == 0
     sizes = datamodule.split_sizes()
     if writer:
-        console.print(f"[bold]{cfg.experiment.arm}[/bold] fold {cfg.data.fold}: " + ", ".join(
-            f"{name} {s['films']} films / {s['patients']} patients ({s['positives']} positive)"
-            for name, s in sizes.items()), highlight=False)
+        say(f"[bold]{cfg.experiment.arm}[/bold] fold {cfg.data.fold}: " + ", ".join(
+            f"{name} {s['films']} films / {s['patients']} patients ({s['positives']} positive films)"
+            for name, s in sizes.items()))
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # model init independent of data preparation
     built = time.perf_counter()
@@ -258,7 +282,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
         log_every_step=bool(cfg.get("log_every_step", False)),
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))
-    trainer: L.Trainer = instantiate(trainer_config(cfg), logger=_build_loggers(cfg) or False,
+    trainer: L.Trainer = instantiate(trainer_config(cfg), logger=_build_loggers(cfg, chash) or False,
                                      callbacks=list(callbacks.values()), default_root_dir=str(run_dir))
     best_cb, last_cb = callbacks.get("checkpoint"), callbacks.get("last_checkpoint")
     counts = ParameterCounts.of(net)  # nf4 weights counted by their logical size, not their packed storage
@@ -272,7 +296,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         test_ckpt = _selected_checkpoint(cfg.selection, best_cb, last_cb)
     elif writer:
-        console.print(f"{cfg.experiment.arm} has no trainable parameters: evaluating without training")
+        say(f"{cfg.experiment.arm} has no trainable parameters: evaluating without training")
     train_seconds = time.perf_counter() - started
     epochs_run = int(trainer.current_epoch)
 
@@ -302,6 +326,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
         "selection": str(cfg.selection), "selection_split": str(cfg.data.selection_split),
         "checkpoint": str(Path(test_ckpt).relative_to(run_dir)) if test_ckpt and Path(test_ckpt).is_relative_to(run_dir)
         else test_ckpt,
+        **_selected_validation(module, test_ckpt),
         "splits": sizes, "config_hash": chash, "cohort": datamodule.cohort_identity(), "feature_cache": cache_key,
         "cohort_name": datamodule.cohort_name, "cohort_folder": str(datamodule.cohort_folder.resolve()),
     }
@@ -311,10 +336,9 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
         if test_ckpt and Path(test_ckpt) != last:
             last.unlink(missing_ok=True)  # only needed to resume an interrupted run; the run is complete
     _log_summary(trainer, metrics)
-    console.print(f"[bold]{cfg.experiment.arm}[/bold] fold {cfg.data.fold}: " + ", ".join(
+    say(f"[bold]{cfg.experiment.arm}[/bold] fold {cfg.data.fold}: " + ", ".join(
         f"{k.split('/')[1]} {metrics[k]:.1f}" for k in ("test/sensitivity", "test/specificity", "test/accuracy",
-                                                          "test/auc", "test/avg")) + f"  -> {run_dir}",
-                  highlight=False)
+                                                          "test/auc", "test/avg")) + f"  -> {run_dir}")
     return metrics
 
 
@@ -334,9 +358,18 @@ def _use_prefix_cache(cfg: DictConfig, net: Any, module: ClassificationModule, t
     module.from_prefix = True
     if writer:
         films = sum(len(ds) for ds in datamodule.datasets.values())
-        console.print(f"frozen-prefix features of {films} films from the cache ({computed} computed now, "
-                      f"{time.perf_counter() - started:.1f} s; {CACHE_DIR}/{key}.pt)", highlight=False)
+        say(f"frozen-prefix features of {films} films from the cache ({computed} computed now, "
+                      f"{time.perf_counter() - started:.1f} s; {CACHE_DIR}/{key}.pt)")
     return key
+
+
+def _selected_validation(module: ClassificationModule, checkpoint: str | None) -> dict[str, Any]:
+    """The epoch of the tested checkpoint and its validation figures (what selection saw), for metrics.json and
+    the W&B summary (whose val/* would otherwise be the last epoch's)."""
+    if not checkpoint:
+        return {"selected_epoch": None, "val": {}}
+    epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
+    return {"selected_epoch": epoch, "val": {k: round(v, 4) for k, v in module.val_history.get(epoch, {}).items()}}
 
 
 def _rank_zero_resume(checkpoints: ModelCheckpoint | None) -> str | None:
@@ -375,8 +408,10 @@ def _single_process_tester(trainer: L.Trainer, cfg: DictConfig) -> L.Trainer | N
 
 
 def _log_summary(trainer: L.Trainer, metrics: dict[str, Any]) -> None:
+    """Final figures into the W&B summary: the test metrics, and val/* of the selected checkpoint's epoch."""
     for logger in trainer.loggers:
         experiment = getattr(logger, "experiment", None)
         summary = getattr(experiment, "summary", None)
         if summary is not None:
             summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float | str)})
+            summary.update(metrics.get("val") or {})

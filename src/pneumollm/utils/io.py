@@ -91,14 +91,24 @@ def sha256_json(data: Any) -> str:
 MANIFEST_NAME = ".outputs.json"
 
 
+def read_output_set(folder: str | Path, name: str = "outputs") -> tuple[list[str], Any]:
+    """The members of the set ``name`` in ``folder`` and the ``meta`` stored with it (([], None) if none)."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return [], None
+    return list(manifest.get(name, [])), manifest.get(f"{name}:meta")
+
+
 @contextmanager
-def output_set(folder: str | Path, name: str = "outputs") -> Iterator[Path]:
+def output_set(folder: str | Path, name: str = "outputs", meta: dict[str, Any] | None = None) -> Iterator[Path]:
     """Write a set of files that replace the previous set together, never half old and half new.
 
     Yields a staging folder inside ``folder``; files written there are moved into ``folder`` only when the
     block ends without an error (an error leaves the previous set untouched). Files of the previous set that
     the new one does not contain are removed, so a figure that is no longer made does not linger. The set's
-    members are listed in ``folder/.outputs.json`` under ``name``.
+    members are listed in ``folder/.outputs.json`` under ``name``, with ``meta`` (a JSON-able dict the block may
+    still fill in) under ``name:meta``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,6 +128,7 @@ def output_set(folder: str | Path, name: str = "outputs") -> Iterator[Path]:
         for old in set(manifest.get(name, [])) - set(members):
             (folder / old).unlink(missing_ok=True)
         manifest[name] = members
+        manifest[f"{name}:meta"] = meta
         atomic_write_json(manifest_path, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
