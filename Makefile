@@ -14,6 +14,8 @@ export WANDB_SILENT ?= true
 SIZE ?= tiny
 DATA ?=
 ARGS ?=
+# BY=site also splits the tables by one of the cohort's own manifest columns (by_site.md/csv)
+BY ?=
 RESULTS ?= results
 TABLES := table2 table3 table4 table5 table6 fig6a fig6b
 DATA_ARGS = $(if $(DATA),data=manifest data.source.manifest=$(abspath $(DATA)),)
@@ -46,7 +48,7 @@ demo: install
 $(TABLES): install
 	status=0; $(BIN)/pneumollm-train --config-dir experiments --config-name $@ -m size=$(SIZE) \
 	    paths.results_dir=$(RESULTS) $(DATA_ARGS) $(ARGS) || status=$$?; \
-	$(BIN)/pneumollm-aggregate $(RESULTS)/$@ --table $@ --partial || status=$$?; exit $$status
+	$(BIN)/pneumollm-aggregate $(RESULTS)/$@ --table $@ --partial $(if $(BY),--by $(BY),) || status=$$?; exit $$status
 
 paper: $(TABLES)
 

@@ -182,3 +182,25 @@ def test_an_unchanged_study_keeps_its_outputs_and_a_changed_run_remakes_them(tmp
     assert aggregate_main([*args, "--bootstrap", "60"]) == 0
     assert "unchanged since the last" not in capsys.readouterr().out
     assert (tmp_path / "table.md").stat().st_mtime_ns != stamp
+
+
+def test_a_cohort_column_is_carried_into_predictions_and_splits_the_results(tmp_path: Path) -> None:
+    sites = {"a": "north", "b": "south", "c": "north", "d": "south", "e": "north", "f": "south"}
+    _three_folds(tmp_path)
+    for fold in range(3):
+        predictions = tmp_path / "arm" / f"fold{fold}" / "predictions.csv"
+        rows = list(csv.DictReader(predictions.open()))
+        with predictions.open("w", newline="") as handle:
+            out = csv.DictWriter(handle, fieldnames=[*rows[0], "site"])
+            out.writeheader()
+            out.writerows({**r, "site": sites[r["image_id"]]} for r in rows)
+    assert aggregate_main([str(tmp_path), "--num-folds", "3", "--by", "site", "--bootstrap", "50"]) == 0
+    with (tmp_path / "by_site.csv").open() as handle:
+        rows = {r["value"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"north", "south"} and rows["north"]["films"] == "3"
+    # north holds a, c, e: all positive (0.9, 0.3, 0.6), so no specificity and no AUC; 2 of 3 called at 0.5
+    assert rows["north"]["pooled_auc"] == "" and rows["north"]["specificity"] == ""
+    assert float(rows["north"]["sensitivity"]) == pytest.approx(200 / 3)
+    # south holds b, d, f: all negative (0.4, 0.2, 0.7)
+    assert rows["south"]["sensitivity"] == "" and float(rows["south"]["specificity"]) == pytest.approx(200 / 3)
+    assert aggregate_main([str(tmp_path), "--num-folds", "3", "--by", "scanner"]) == 2

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from pneumollm.models.base import ImageClassifier
+from pneumollm.paths import conf_dir
 from tests.helpers import build_model_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONFIG_DIR = conf_dir() / "model"
 
 # arm -> predicate on parameter names that must be the trainable ones (None: every parameter trains).
 TRAINABLE = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,8 +11,9 @@ from transformers import CLIPModel
 
 from pneumollm.models.arm_param_count import CLIP_ARMS, PAPER_ROWS
 from pneumollm.models.tiny_text import build_tiny_clip_tokenizer, clip_vit_l14_config
+from pneumollm.paths import conf_dir
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONFIG_DIR = conf_dir() / "model"
 pytestmark = pytest.mark.slow
 
 

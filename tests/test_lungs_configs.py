@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,8 +14,9 @@ from pneumollm.data.lungs.crop import crop_to_lungs
 from pneumollm.data.lungs.phantom import drawn_chest
 from pneumollm.data.lungs.unet import LungUNet
 from pneumollm.models.components.pretrained import WeightsNotFoundError
+from pneumollm.paths import conf_dir
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "lungs"
+CONF = conf_dir() / "lungs"
 
 
 def build(name: str, **overrides) -> tuple[LungSegmenter, float]:

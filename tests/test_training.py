@@ -94,3 +94,18 @@ def test_a_resumed_run_equals_an_uninterrupted_one(manifest: Path, tmp_path: Pat
     assert _predictions(tmp_path / "a/run") == _predictions(tmp_path / "b/run")
     for key in ("test/auc", "test/avg", "epochs_run"):
         assert resumed[key] == straight[key]
+
+
+def test_the_cohorts_own_columns_reach_the_cohort_index_and_the_predictions(manifest: Path, tmp_path: Path) -> None:
+    rows = manifest.read_text().splitlines()
+    with_site = tmp_path / "cohort" / "manifest.csv"
+    with_site.parent.mkdir()
+    (with_site.parent / "films").symlink_to(manifest.parent / "films")
+    with_site.write_text("\n".join([rows[0] + ",site"] + [f"{r},{'north' if i % 2 else 'south'}"
+                                                         for i, r in enumerate(rows[1:])]) + "\n")
+    run_fold(_cfg(with_site, tmp_path, "trainer.max_epochs=1"))
+    predictions = _predictions(tmp_path / "run")
+    assert {r["site"] for r in predictions} <= {"north", "south"} and all(r["site"] for r in predictions)
+    (index,) = (tmp_path / "data").rglob("cohort.csv")
+    with index.open() as handle:
+        assert "site" in next(csv.reader(handle))

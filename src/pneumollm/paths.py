@@ -1,24 +1,33 @@
-"""Where the project's configs and sweep files live."""
+"""Where the suite's configs and sweep files live: inside the package (``pneumollm/conf``,
+``pneumollm/experiments``), so a wheel or a non-editable install carries them; the checkout's top-level
+``conf/`` and ``experiments/`` are links to the same folders."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parents[1]  # the checkout (meaningful for an editable install only)
 
 
 def conf_dir() -> Path:
-    """The Hydra config folder (``conf/`` of the checkout, or ``$PNEUMOLLM_CONF``)."""
-    path = Path(os.environ.get("PNEUMOLLM_CONF", REPO_ROOT / "conf"))
+    """The Hydra config folder (the package's ``conf/``, or ``$PNEUMOLLM_CONF``)."""
+    path = Path(os.environ.get("PNEUMOLLM_CONF", PACKAGE_DIR / "conf"))
     if not (path / "train.yaml").is_file():
         raise FileNotFoundError(
-            f"Hydra configs not found in {path}. Install the suite from its checkout (pip install -e .) "
-            "or point PNEUMOLLM_CONF at the conf/ folder."
+            f"Hydra configs not found in {path}: reinstall the suite (pip install .) or point PNEUMOLLM_CONF at a "
+            "folder holding train.yaml."
         )
     return path
 
 
 def experiments_dir() -> Path:
-    """The folder of sweep files, one per paper table or figure."""
-    return Path(os.environ.get("PNEUMOLLM_EXPERIMENTS", REPO_ROOT / "experiments"))
+    """The folder of sweep files, one per paper table or figure (the package's, or ``$PNEUMOLLM_EXPERIMENTS``)."""
+    return Path(os.environ.get("PNEUMOLLM_EXPERIMENTS", PACKAGE_DIR / "experiments"))
+
+
+if __name__ == "__main__":  # python -m pneumollm.paths [conf|experiments]: for --config-dir outside a checkout
+    import sys
+
+    print(experiments_dir() if sys.argv[1:] == ["experiments"] else conf_dir())

@@ -12,9 +12,11 @@ from typing import Any
 from pneumollm.errors import UserError
 from pneumollm.training.records import (
     COMPLETE,
+    CONFIG_FILE,
     FAILED_FILE,
     JOB_FILE,
     METRICS_FILE,
+    PREDICTION_COLUMNS,
     PREDICTIONS_FILE,
     RunStatus,
     read_failure,
@@ -38,6 +40,7 @@ class Prediction:
     fold: int
     label: int
     prob: float
+    extra: dict[str, str] = field(default_factory=dict)  # the cohort's own columns (site, scanner, ...)
 
 
 @dataclass
@@ -54,7 +57,8 @@ class ArmRuns:
 
 def _read_predictions(path: Path) -> list[Prediction]:
     with path.open(newline="", encoding="utf-8") as handle:
-        return [Prediction(r["image_id"], r["patient_id"], int(r["fold"]), int(r["label"]), float(r["prob"]))
+        return [Prediction(r["image_id"], r["patient_id"], int(r["fold"]), int(r["label"]), float(r["prob"]),
+                           {k: v for k, v in r.items() if k not in PREDICTION_COLUMNS and k is not None})
                 for r in csv.DictReader(handle)]
 
 
@@ -183,3 +187,21 @@ def split_complete(arms: dict[str, ArmRuns], num_folds: int, partial: bool,
     if not complete:
         raise AggregationError(f"{source}: no arm has all {num_folds} folds")
     return complete, incomplete
+
+
+def _fold_value(run_dir: Path, info: dict[str, Any], key: str, default: float) -> float:
+    """``key`` of one fold's run: its metrics.json, else its config.yaml, else ``default``."""
+    if info.get(key) is not None:
+        return float(info[key])
+    path = run_dir / CONFIG_FILE
+    if path.is_file():
+        from omegaconf import OmegaConf
+
+        value = OmegaConf.select(OmegaConf.load(path), key, default=None)
+        return default if value is None else float(value)
+    return default
+
+
+def run_thresholds(arm: ArmRuns) -> dict[int, float]:
+    """Each fold's P(pneumoconiosis) cut-off (``threshold``; 0.5 where the run recorded none)."""
+    return {fold: _fold_value(arm.run_dirs[fold], info, "threshold", 0.5) for fold, info in arm.folds.items()}

@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from pneumollm.analysis.collect import AggregationError, ArmRuns, collect_runs, split_complete
+from pneumollm.analysis.collect import AggregationError, ArmRuns, collect_runs, run_thresholds, split_complete
 from pneumollm.analysis.figures import (
     Call,
     PanelFilm,
@@ -97,20 +97,6 @@ def table_arm_order(arms: dict[str, ArmRuns], table: str) -> list[str]:
     configs = {name: _run_config(arm) for name, arm in arms.items()}
     curve = _curve_of(arms, configs)
     return [a.arm for a in _order(arms, table, curve)]
-
-
-def _fold_value(run_dir: Path, info: dict[str, Any], key: str, default: float) -> float:
-    """``key`` of one fold's run: its metrics.json, else its config.yaml, else ``default``."""
-    if info.get(key) is not None:
-        return float(info[key])
-    path = run_dir / CONFIG_FILE
-    value = OmegaConf.select(OmegaConf.load(path), key, default=None) if path.is_file() else None
-    return default if value is None else float(value)
-
-
-def run_thresholds(arm: ArmRuns) -> dict[int, float]:
-    """Each fold's P(pneumoconiosis) cut-off (``threshold``; 0.5 where the run recorded none)."""
-    return {fold: _fold_value(arm.run_dirs[fold], info, "threshold", 0.5) for fold, info in arm.folds.items()}
 
 
 def _features(arm: ArmRuns, fold: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also build the paper-style table and figures of this table/figure (e.g. table6)")
     parser.add_argument("--reference", default=None, help="arm the paired differences are taken against")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the pooled-AUC interval")
+    parser.add_argument("--by", default=None, metavar="COLUMN",
+                        help="also split the results by one of the cohort's own columns (e.g. site): by_COLUMN.md/csv")
     parser.add_argument("--no-wandb", action="store_true", help="do not write the W&B aggregate run")
     parser.add_argument("--force", action="store_true",
                         help="remake the outputs even when no run and no option changed since the last aggregation")
@@ -95,7 +97,7 @@ def inputs_key(runs_dir: Path, args: argparse.Namespace) -> str:
     code_dir = Path(__file__).resolve().parents[1] / "analysis"
     code = {p.name: sha256_file(p) for p in sorted([*code_dir.glob("*.py"), *code_dir.glob("data/*"),
                                                    Path(__file__)])}
-    options = {k: getattr(args, k) for k in ("num_folds", "partial", "table", "reference", "bootstrap")}
+    options = {k: getattr(args, k) for k in ("num_folds", "partial", "table", "reference", "bootstrap", "by")}
     return sha256_json({"files": files, "code": code, "options": options})[:24]
 
 
@@ -125,6 +127,12 @@ def aggregate_study(study: Path, out_dir: Path, args: argparse.Namespace, consol
                 "incomplete": incomplete}
         with output_set(out_dir, AGGREGATE_SET, meta=meta) as stage:
             write_summary(complete, stage, order=order)
+            if args.by:
+                from pneumollm.analysis.subgroups import subgroup_rows, write_subgroups
+
+                ordered = [complete_arms[name] for name in (order or list(complete_arms))]
+                write_subgroups(subgroup_rows(ordered, args.by, n_boot=args.bootstrap), args.by, stage)
+                meta["by"] = args.by
             if args.table:
                 report = aggregate_table(runs_dir, stage, args.table, reference=args.reference,
                                          num_folds=args.num_folds, partial=args.partial, n_boot=args.bootstrap,
@@ -155,6 +163,8 @@ def show(console: Console, runs_dir: Path, out_dir: Path, meta: dict, args: argp
     for name, ps in meta["incomplete"].items():
         console.print(f"[yellow]incomplete arm {name}:[/yellow] " + "; ".join(ps), highlight=False)
     console.print(f"written: {out_dir / 'summary.csv'} and {out_dir / 'summary.md'}", highlight=False)
+    if meta.get("by"):
+        console.print(f"by {meta['by']}: {out_dir / ('by_' + meta['by'] + '.md')} and .csv", highlight=False)
     if meta.get("table"):
         print_table(console, meta["table"], out_dir)
 

@@ -252,7 +252,9 @@ def read_dicom_folder(
             reason = "missing label" if label is None else "missing patient id"
             listing.skipped.append(Skipped(image_id, str(path), reason))
             continue
-        listing.records.append(FilmRecord(image_id, path, patient, label))
+        used = {file_col, uid_col, label_col, patient_col}
+        extra = tuple((k, str(v)) for k, v in row.items() if k not in used and k is not None)
+        listing.records.append(FilmRecord(image_id, path, patient, label, extra))
     for key, (line, row) in by_file.items():
         if line not in matched:
             rel = (row.get(file_col) or "").strip() if file_col else ""

@@ -89,6 +89,15 @@ class PreparedFilm:
     crop_status: str
     crop_reason: str
     notes: str
+    extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # the cohort's own columns
+
+
+BASE_COLUMNS = tuple(name for name in PreparedFilm.__dataclass_fields__ if name != "extra")
+
+
+def extra_column(name: str) -> str:
+    """The name a cohort's own column gets in cohort.csv and predictions.csv (``extra_<name>`` on a clash)."""
+    return f"extra_{name}" if name in (*BASE_COLUMNS, "fold", "prob") else name
 
 
 @dataclass
@@ -366,6 +375,7 @@ def prepare_cohort(
             source_path=str(record.path), content_hash=digest,
             file=str(cache.stem(digest).with_suffix(".png").relative_to(folder)),
             crop_status=meta["crop_status"], crop_reason=meta["crop_reason"], notes="; ".join(meta["notes"]),
+            extra={extra_column(k): v for k, v in record.extra},
         ))
     cohort = PreparedCohort(folder=folder, films=films, skipped=skipped, decoded=len(misses) - decoded_failures)
     write_cohort_index(cohort, settings)
@@ -384,8 +394,9 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> 
 
 def write_cohort_index(cohort: PreparedCohort, settings: PreprocessSettings) -> None:
     """Write ``cohort.csv``, ``preprocess_report.csv`` and ``settings.json`` into the cohort folder."""
-    fields = list(PreparedFilm.__dataclass_fields__)
-    _write_csv(cohort.cohort_csv, fields, ([getattr(f, k) for k in fields] for f in cohort.films))
+    extras = sorted({k for f in cohort.films for k in f.extra})  # the cohort's own columns (site, scanner, ...)
+    _write_csv(cohort.cohort_csv, [*BASE_COLUMNS, *extras],
+               ([*(getattr(f, k) for k in BASE_COLUMNS), *(f.extra.get(k, "") for k in extras)] for f in cohort.films))
     report_rows = [
         [f.image_id, f.source_path, "ok", "", f.crop_status, f.crop_reason, f.notes] for f in cohort.films
     ] + [[s.image_id, s.path, "skipped", s.reason, "", "", ""] for s in cohort.skipped]
@@ -401,7 +412,14 @@ def read_cohort_index(folder: str | Path) -> list[PreparedFilm]:
         raise FileNotFoundError(f"{path}: no prepared cohort here (run pneumollm-prepare first)")
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    return [PreparedFilm(**{**row, "label": int(row["label"])}) for row in rows]
+    return [_film(row) for row in rows]
+
+
+def _film(row: dict[str, str]) -> PreparedFilm:
+    """A ``cohort.csv`` row: the suite's columns, then the cohort's own ones into ``extra``."""
+    base = {k: row[k] for k in BASE_COLUMNS}
+    return PreparedFilm(**{**base, "label": int(base["label"])},
+                        extra={k: v for k, v in row.items() if k not in BASE_COLUMNS and k is not None})
 
 
 def cpu_workers(requested: int | None) -> int:

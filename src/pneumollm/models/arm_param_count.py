@@ -19,8 +19,9 @@ from transformers import CLIPModel
 
 from pneumollm.models.base import ImageClassifier
 from pneumollm.models.tiny_text import build_tiny_clip_tokenizer, build_tiny_llama_tokenizer, clip_vit_l14_config
+from pneumollm.paths import conf_dir
 
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf" / "model"
+DEFAULT_CONFIG_DIR = conf_dir() / "model"
 
 # arm -> (paper row, L-para in millions from the paper's Tables 2 and 3; None where the paper shows "-").
 PAPER_ROWS: dict[str, tuple[str, float | None]] = {

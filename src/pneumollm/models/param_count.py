@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.models.components.quantization import QuantSpec, quantizable_linears
 from pneumollm.models.pneumollm import PneumoLLM
+from pneumollm.paths import conf_dir
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+CONF_DIR = conf_dir()
 GROUPS = ("encoder", "token_engine", "emitter", "llm", "head")
 DEFAULT_CHOICES = {"encoder": "tiny_clip", "token_engine": "cmte", "emitter": "emitter", "llm": "tiny_llama",
                    "head": "mean_linear", "model": "pneumollm"}

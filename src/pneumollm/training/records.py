@@ -111,14 +111,16 @@ def write_job(run_dir: str | Path, info: Mapping[str, Any]) -> Path:
 
 
 def write_predictions(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write ``predictions.csv`` with one row per test film."""
+    """Write ``predictions.csv`` with one row per test film: ``PREDICTION_COLUMNS``, then any other keys of the
+    rows (the cohort's own columns, e.g. ``site``), sorted."""
+    rows = list(rows)
+    extra = sorted({k for row in rows for k in row} - set(PREDICTION_COLUMNS))
 
     def writer(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as handle:
-            out = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS)
+            out = csv.DictWriter(handle, fieldnames=[*PREDICTION_COLUMNS, *extra], restval="")
             out.writeheader()
-            for row in rows:
-                out.writerow({k: row[k] for k in PREDICTION_COLUMNS})
+            out.writerows(rows)
 
     return atomic_write(Path(run_dir) / PREDICTIONS_FILE, writer)
 

@@ -102,7 +102,10 @@ def _build_loggers(cfg: DictConfig, chash: str) -> list[Any]:
     for name, node in (cfg.get("logger") or {}).items():
         extra = wandb_settings(cfg, chash) if str(node.get("_target_", "")).endswith("WandbLogger") else {}
         try:  # partial first: instantiate's own first parameter is called ``config``, as W&B's is
-            loggers.append(instantiate(node, _partial_=True)(**extra))
+            logger = instantiate(node, _partial_=True)(**extra)
+            # Lightning always passes ``anonymous`` to wandb.init, which then warns that it has no effect
+            getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+            loggers.append(logger)
         except Exception as err:  # W&B missing or broken: keep the CSV record and say so
             say(f"[yellow]logger {name} unavailable ({type(err).__name__}: {err}); continuing without it")
     return loggers
@@ -308,8 +311,9 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     test_set = datamodule.datasets["test"]
     preds = module.test_predictions
     write_predictions(run_dir, (
-        {"image_id": test_set.films[i].image_id, "patient_id": test_set.films[i].patient_id, "fold": int(cfg.data.fold),
-         "label": int(label), "prob": f"{prob:.6f}"}
+        {**test_set.films[i].extra, "image_id": test_set.films[i].image_id,
+         "patient_id": test_set.films[i].patient_id, "fold": int(cfg.data.fold), "label": int(label),
+         "prob": f"{prob:.6f}"}
         for i, label, prob in zip(preds["index"].tolist(), preds["label"].tolist(), preds["prob"].tolist())
     ))
     if "features" in preds:
