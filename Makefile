@@ -20,13 +20,14 @@ RESULTS ?= results
 TABLES := table2 table3 table4 table5 table6 fig6a fig6b
 DATA_ARGS = $(if $(DATA),data=manifest data.source.manifest=$(abspath $(DATA)),)
 
-.PHONY: install demo test test-all lint format clean help paper sync $(TABLES)
+.PHONY: install demo test test-all lint format clean help paper sync external $(TABLES)
 
 help:
 	@echo "make demo      five-fold cross-validation of the tiny PneumoLLM on the embedded demo cohort (CPU)"
 	@echo "make test      the fast test suite (make test-all adds slow and ../shared tests)"
 	@echo "make table6    one paper table or figure (table2..table6, fig6a, fig6b); make paper runs them all"
 	@echo "               SIZE=full (paper models, GPU), DATA=manifest.csv (your cohort), ARGS='key=value ...'"
+	@echo "make external  every arm of a finished table on an external cohort: make external TABLE=table6 DATA=x.csv"
 	@echo "make sync      upload the offline W&B runs of a table: make sync TABLE=table6 (no TABLE: the demo)"
 	@echo "make install   create $(VENV) with the suite installed (done automatically by the others)"
 	@echo "make lint      ruff"
@@ -51,6 +52,11 @@ $(TABLES): install
 	$(BIN)/pneumollm-aggregate $(RESULTS)/$@ --table $@ --partial $(if $(BY),--by $(BY),) || status=$$?; exit $$status
 
 paper: $(TABLES)
+
+# Every arm of a finished table on an external cohort: make external TABLE=table6 DATA=/data/other_hospital.csv
+external: install
+	@test -n "$(TABLE)" -a -n "$(DATA)" || { echo "usage: make external TABLE=table6 DATA=/path/manifest.csv"; exit 2; }
+	$(BIN)/pneumollm-external $(RESULTS)/$(TABLE) $(abspath $(DATA))
 
 # Upload the offline W&B runs of a table (every arm, fold and cohort, and the aggregate runs): make sync TABLE=table6
 TABLE ?=

@@ -160,9 +160,9 @@ def wandb_records(path: Path):
             pos += block - pos % block
             continue
         _checksum, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind == 0:
+        if kind == 0 or pos + 7 + length > len(data):  # padding, or a record still being written
             break
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
         buffer = chunk if kind in (1, 2) else buffer + chunk
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -170,13 +170,22 @@ def wandb_records(path: Path):
             yield record
 
 
-def wandb_run_contents(run_dir: Path) -> tuple[str, dict, dict]:
-    """(run id, config, summary) written into one offline run folder (values decoded from JSON)."""
+def wandb_run_contents(run_dir: Path, wait: float = 30.0) -> tuple[str, dict, dict]:
+    """(run id, config, summary) written into one offline run folder (values decoded from JSON).
+
+    W&B's own process writes the file; this waits (up to ``wait`` seconds) until the run's exit record is in it.
+    """
     import json
+    import time
 
     (path,) = Path(run_dir).glob("run-*.wandb")
+    deadline = time.monotonic() + wait
+    records = list(wandb_records(path))
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = list(wandb_records(path))
     run_id, config, summary = "", {}, {}
-    for record in wandb_records(path):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run_id = record.run.run_id

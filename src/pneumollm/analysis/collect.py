@@ -55,7 +55,7 @@ class ArmRuns:
     run_dirs: dict[int, Path] = field(default_factory=dict)
 
 
-def _read_predictions(path: Path) -> list[Prediction]:
+def read_predictions(path: Path) -> list[Prediction]:
     with path.open(newline="", encoding="utf-8") as handle:
         return [Prediction(r["image_id"], r["patient_id"], int(r["fold"]), int(r["label"]), float(r["prob"]),
                            {k: v for k, v in r.items() if k not in PREDICTION_COLUMNS and k is not None})
@@ -120,7 +120,7 @@ def collect_runs(experiment_dir: str | Path) -> dict[str, ArmRuns]:
         predictions = run_dir / PREDICTIONS_FILE
         if not predictions.is_file():
             raise AggregationError(f"{predictions}: missing (the run wrote metrics.json but no predictions)")
-        arm.predictions.extend(_read_predictions(predictions))
+        arm.predictions.extend(read_predictions(predictions))
     if not arms:
         raise AggregationError(f"{root}: no runs found (no */fold*/metrics.json)")
     check_one_cohort(arms)

@@ -207,6 +207,26 @@ def _full_size_or_none(console: Console) -> Callable[[str], int | None]:
     return count
 
 
+def threshold_note(arms: list[ArmRuns]) -> str:
+    """Which P(pneumoconiosis) cut-off the sensitivity, specificity and accuracy of each arm were computed at."""
+    fixed, chosen = set(), []
+    for arm in arms:
+        thresholds = run_thresholds(arm)
+        if any(arm.folds[f].get("threshold_mode") == "validation" for f in arm.folds):
+            values = np.array(list(thresholds.values()))
+            chosen.append(f"{arm.label} {values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}")
+        else:
+            fixed.update(thresholds.values())
+    parts = []
+    if fixed:
+        parts.append("fixed at " + " / ".join(f"{t:g}" for t in sorted(fixed)) + (" for the other arms" if chosen
+                                                                                   else " for every arm"))
+    if chosen:
+        parts.append("chosen per fold on its validation patients by Youden's J (mean ± std over folds): "
+                     + "; ".join(chosen))
+    return "Threshold on P(pneumoconiosis) for Sens./Spec./Acc.: " + "; ".join(parts) + "."
+
+
 def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, reference: str | None = None,
                     num_folds: int = 5, partial: bool = False, n_boot: int = 2000, title: str | None = None,
                     use_wandb: bool = True, console: Console | None = None,
@@ -247,6 +267,7 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
         notes.append(f"Tiny size: randomly initialised models of reduced width and depth on CPU, {epochs} epochs "
                      "(each arm's reduction: docs/arms.md, 'Tiny sizes'; L-para shows the tiny count); they "
                      "exercise the pipeline and are not comparable with the paper's numbers.")
+    notes.append(threshold_note(ordered))
     if incomplete:
         notes.append("Incomplete arms left out: " + "; ".join(p for ps in incomplete.values() for p in ps))
     md_path, csv_path = write_table(rows, out_dir, title, notes)

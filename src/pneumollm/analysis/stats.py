@@ -72,3 +72,50 @@ def paired_difference(values: Sequence[float], reference: Sequence[float], confi
         return Interval(mean, float("nan"), float("nan"))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)))
     return Interval(mean, mean - half, mean + half)
+
+
+def _avg_percent(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:
+    """AVG (mean of sensitivity, specificity, accuracy and AUC, in percent) of calls ``prob > threshold``."""
+    called = probs > threshold
+    positive = labels == 1
+    sens = called[positive].mean()
+    spec = (~called[~positive]).mean()
+    acc = (called == positive).mean()
+    return float((sens + spec + acc + rank_auc(labels, probs)) / 4 * 100)
+
+
+def paired_bootstrap_difference(labels: Sequence[int], probs: Sequence[float], reference: Sequence[float],
+                                patients: Sequence[str], threshold: float = 0.5, reference_threshold: float = 0.5,
+                                n_boot: int = 2000, confidence: float = 0.95,
+                                seed: int = 0) -> tuple[Interval, Interval]:
+    """(ΔAUC, ΔAVG) in percentage points of one arm against a reference arm on the same films, each with a
+    percentile interval from resampling *patients* with replacement, the same patients for both arms (paired).
+    Resamples with a single class are redrawn."""
+    y = np.asarray(labels)
+    p, r = np.asarray(probs, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        nan = Interval(float("nan"), float("nan"), float("nan"))
+        return nan, nan
+    films_of: dict[str, list[int]] = defaultdict(list)
+    for index, patient in enumerate(patients):
+        films_of[patient].append(index)
+    groups = [np.array(v) for v in films_of.values()]
+    rng = np.random.default_rng(seed)
+    d_auc, d_avg = [], []
+    attempts = 0
+    while len(d_auc) < n_boot and attempts < n_boot * 10:
+        attempts += 1
+        idx = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        if len(np.unique(y[idx])) < 2:
+            continue
+        d_auc.append((rank_auc(y[idx], p[idx]) - rank_auc(y[idx], r[idx])) * 100)
+        d_avg.append(_avg_percent(y[idx], p[idx], threshold) - _avg_percent(y[idx], r[idx], reference_threshold))
+    alpha = (1 - confidence) / 2
+
+    def interval(estimate: float, values: list[float]) -> Interval:
+        low, high = np.quantile(values, [alpha, 1 - alpha])
+        return Interval(estimate, float(low), float(high))
+
+    auc = (rank_auc(y, p) - rank_auc(y, r)) * 100
+    avg = _avg_percent(y, p, threshold) - _avg_percent(y, r, reference_threshold)
+    return interval(auc, d_auc), interval(avg, d_avg)

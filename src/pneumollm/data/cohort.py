@@ -73,7 +73,7 @@ def _canonical(name: str) -> str:
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
-def _find_column(header: Iterable[str], candidates: tuple[str, ...]) -> str | None:
+def find_column(header: Iterable[str], candidates: tuple[str, ...]) -> str | None:
     by_canon = {_canonical(h): h for h in header}
     return next((by_canon[c] for c in candidates if c in by_canon), None)
 
@@ -121,7 +121,7 @@ def _decode_csv(csv_path: Path) -> tuple[str, list[str]]:
     return text, [note]
 
 
-def _read_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]], list[str]]:
+def read_csv_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]], list[str]]:
     """Header, rows and decoding notes of a CSV."""
     if not csv_path.is_file():
         raise CohortError(f"{csv_path}: file not found")
@@ -141,10 +141,10 @@ def _label_map(extra: Mapping[str, int] | None) -> dict[str, int]:
 def read_manifest(manifest: str | Path, label_map: Mapping[str, int] | None = None) -> CohortListing:
     """Read a manifest CSV with columns ``path,patient_id,label`` (paths relative to the manifest)."""
     manifest = Path(manifest).expanduser().resolve()
-    header, rows, notes = _read_rows(manifest)
-    path_col = _find_column(header, PATH_COLUMNS)
-    patient_col = _find_column(header, PATIENT_COLUMNS)
-    label_col = _find_column(header, LABEL_COLUMNS)
+    header, rows, notes = read_csv_rows(manifest)
+    path_col = find_column(header, PATH_COLUMNS)
+    patient_col = find_column(header, PATIENT_COLUMNS)
+    label_col = find_column(header, LABEL_COLUMNS)
     missing = [name for name, col in (("path", path_col), ("patient_id", patient_col), ("label", label_col)) if not col]
     if missing:
         raise CohortError(f"{manifest}: missing column(s) {', '.join(missing)}; found {', '.join(header)}")
@@ -195,11 +195,11 @@ def read_dicom_folder(
     labels_csv = Path(labels_csv).expanduser().resolve()
     if not folder.is_dir():
         raise CohortError(f"{folder}: DICOM folder not found")
-    header, rows, notes = _read_rows(labels_csv)
-    file_col = _find_column(header, PATH_COLUMNS)
-    uid_col = _find_column(header, UID_COLUMNS)
-    label_col = _find_column(header, LABEL_COLUMNS)
-    patient_col = _find_column(header, PATIENT_COLUMNS)
+    header, rows, notes = read_csv_rows(labels_csv)
+    file_col = find_column(header, PATH_COLUMNS)
+    uid_col = find_column(header, UID_COLUMNS)
+    label_col = find_column(header, LABEL_COLUMNS)
+    patient_col = find_column(header, PATIENT_COLUMNS)
     if not label_col or not (file_col or uid_col):
         raise CohortError(
             f"{labels_csv}: need a 'label' column and a 'file' or 'sop_instance_uid' column; found {', '.join(header)}"

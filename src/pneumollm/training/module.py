@@ -16,6 +16,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecal
 
 from pneumollm.data.datamodule import IMAGE, INDEX, LABEL
 from pneumollm.models.base import ImageClassifier
+from pneumollm.models.components.frozen import frozen_tensor_fingerprints
 from pneumollm.training.losses import ClassificationLoss
 from pneumollm.training.optim import weight_decay_groups
 
@@ -94,6 +95,8 @@ class ClassificationModule(L.LightningModule):
         self.test_metrics = paper_metrics(threshold).clone(prefix="test/")
         self._val_losses: list[torch.Tensor] = []
         self._test_rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.collect_validation = False  # keep the validation films' probabilities (to choose a threshold)
+        self._val_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._test_features: list[torch.Tensor] = []
         self.test_predictions: dict[str, np.ndarray] = {}
         self.test_results: dict[str, float] = {}
@@ -121,7 +124,10 @@ class ClassificationModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self._logits(batch[IMAGE]).float()
         self._val_losses.append(self.loss_fn(logits, batch[LABEL]).detach() * len(logits))
-        self.val_metrics.update(self.loss_fn.positive_probability(logits), batch[LABEL])
+        probs = self.loss_fn.positive_probability(logits)
+        self.val_metrics.update(probs, batch[LABEL])
+        if self.collect_validation:
+            self._val_rows.append((batch[LABEL].detach().cpu(), probs.detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_losses:
@@ -161,6 +167,19 @@ class ClassificationModule(L.LightningModule):
         self._test_rows.clear()
         self._test_features.clear()
 
+    def validation_predictions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, P(pneumoconiosis)) of the validation films collected while ``collect_validation`` was on."""
+        if not self._val_rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        labels, probs = (torch.cat(parts).numpy() for parts in zip(*self._val_rows))
+        self._val_rows.clear()
+        return labels, probs
+
+    def use_test_threshold(self, threshold: float) -> None:
+        """Compute the test metrics (and the predicted calls) at ``threshold`` instead of the configured one."""
+        self.threshold = float(threshold)
+        self.test_metrics = paper_metrics(self.threshold).clone(prefix="test/").to(self.device)
+
     @staticmethod
     def _percent(values: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
         scaled = {k: v.float() * 100.0 for k, v in values.items()}
@@ -184,7 +203,9 @@ class ClassificationModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         if self._frozen_fingerprint is None:
             self._frozen_fingerprint = frozen_fingerprint(self.net)
+            self._frozen_prints = frozen_tensor_fingerprints(self.net)
         checkpoint["frozen_fingerprint"] = self._frozen_fingerprint
+        checkpoint["frozen_fingerprints"] = self._frozen_prints  # per tensor: inference refuses other base weights
         checkpoint[RUN_IDENTITY_KEY] = dict(self.run_identity)  # a run resumes only its own checkpoints
         checkpoint["val_history"] = {str(k): v for k, v in self.val_history.items()}
         checkpoint["rng_states"] = {

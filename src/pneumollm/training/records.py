@@ -31,7 +31,7 @@ JOB_FILE = "job.json"  # the config hash (and cohort) of the run that owns the f
 FEATURES_FILE = "features.npz"  # head-input features of the test films (for t-SNE plots)
 CHECKPOINT_DIR = "checkpoints"
 SUPERSEDED_DIR = ".superseded"  # outputs of an earlier config of the same job, set aside rather than deleted
-PREDICTION_COLUMNS = ("image_id", "patient_id", "fold", "label", "prob")
+PREDICTION_COLUMNS = ("image_id", "patient_id", "fold", "label", "prob", "pred")  # pred: prob > the run's threshold
 # Files a run produces that belong to one config; set aside together when another config takes the folder.
 RESULT_FILES = (METRICS_FILE, PREDICTIONS_FILE, FEATURES_FILE, FAILED_FILE, CONFIG_FILE, JOB_FILE, CHECKPOINT_DIR)
 

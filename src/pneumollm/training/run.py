@@ -43,6 +43,7 @@ from pneumollm.training.records import (
     write_metrics,
     write_predictions,
 )
+from pneumollm.training.thresholds import threshold_mode, youden_threshold
 from pneumollm.utils.console import say
 
 LOCK_FILE = ".lock"
@@ -280,7 +281,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     module = ClassificationModule(
         net=net, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        weight_decay=float(cfg.weight_decay), threshold=float(cfg.threshold),
+        weight_decay=float(cfg.weight_decay), threshold=threshold_mode(cfg.threshold)[1],
         save_features=bool(cfg.get("save_features", True)), run_identity={"config_hash": chash},
         log_every_step=bool(cfg.get("log_every_step", False)),
     )
@@ -306,6 +307,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     tester = _single_process_tester(trainer, cfg)
     if tester is None:  # a DDP child: rank 0 tests the whole test set alone
         return {}
+    thresholds = _choose_threshold(cfg, tester, module, datamodule, test_ckpt)
     tester.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
     peak_mb, peak_kind = _peak_memory_mb()
     test_set = datamodule.datasets["test"]
@@ -313,7 +315,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     write_predictions(run_dir, (
         {**test_set.films[i].extra, "image_id": test_set.films[i].image_id,
          "patient_id": test_set.films[i].patient_id, "fold": int(cfg.data.fold), "label": int(label),
-         "prob": f"{prob:.6f}"}
+         "prob": f"{prob:.6f}", "pred": int(prob > module.threshold)}
         for i, label, prob in zip(preds["index"].tolist(), preds["label"].tolist(), preds["prob"].tolist())
     ))
     if "features" in preds:
@@ -330,7 +332,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
         "selection": str(cfg.selection), "selection_split": str(cfg.data.selection_split),
         "checkpoint": str(Path(test_ckpt).relative_to(run_dir)) if test_ckpt and Path(test_ckpt).is_relative_to(run_dir)
         else test_ckpt,
-        **_selected_validation(module, test_ckpt),
+        **_selected_validation(module, test_ckpt), **thresholds,
         "splits": sizes, "config_hash": chash, "cohort": datamodule.cohort_identity(), "feature_cache": cache_key,
         "cohort_name": datamodule.cohort_name, "cohort_folder": str(datamodule.cohort_folder.resolve()),
     }
@@ -365,6 +367,32 @@ def _use_prefix_cache(cfg: DictConfig, net: Any, module: ClassificationModule, t
         say(f"frozen-prefix features of {films} films from the cache ({computed} computed now, "
                       f"{time.perf_counter() - started:.1f} s; {CACHE_DIR}/{key}.pt)")
     return key
+
+
+def _choose_threshold(cfg: DictConfig, tester: L.Trainer, module: ClassificationModule,
+                      datamodule: CohortDataModule, checkpoint: str | None) -> dict[str, Any]:
+    """Record the validation patients' Youden threshold for the tested checkpoint and set the one the test uses.
+
+    With ``threshold=validation`` the test (metrics and each prediction's ``pred``) uses the validation one; it is
+    refused where the validation films are the test fold (``data.selection_split=test_fold_reference``) or lack a
+    class. Metrics record both cut-offs and which was used.
+    """
+    mode, fixed = threshold_mode(cfg.threshold)
+    chosen = None
+    if datamodule.selection_split == "validation" and len(datamodule.datasets.get("val", [])) > 0:
+        module.collect_validation = True
+        try:
+            tester.validate(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+        finally:
+            module.collect_validation = False
+        chosen = youden_threshold(*module.validation_predictions())
+    if mode == "validation" and chosen is None:
+        raise ConfigError("threshold=validation needs validation patients of both classes, apart from the test fold "
+                          "(data.selection_split=validation, data.val_fraction > 0)")
+    used = chosen if mode == "validation" else fixed
+    module.use_test_threshold(used)
+    return {"threshold": round(used, 6), "threshold_mode": mode, "threshold_fixed": fixed,
+            "threshold_validation": None if chosen is None else round(chosen, 6)}
 
 
 def _selected_validation(module: ClassificationModule, checkpoint: str | None) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 
 import torch
@@ -72,3 +73,17 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def frozen_tensor_fingerprints(net: torch.nn.Module) -> dict[str, str]:
+    """Per frozen tensor: its shape and a hash of up to 4,096 of its values spread over the tensor (cheap at 7B)."""
+    prints = {}
+    for name, param in net.named_parameters():
+        if param.requires_grad or param.device.type == "meta":
+            continue
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step][:4096].float().cpu().contiguous()
+        digest = hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16]
+        prints[name] = f"{tuple(param.shape)}:{digest}"
+    return prints

@@ -1,0 +1,186 @@
+"""External validation: every arm of a finished table, as its folds' ensemble, on a second cohort.
+
+For each study (training cohort) of a table, each complete arm's five fold models are applied to the external
+films (prepared as that arm was trained); the table gives the same metric columns as the cross-validation table
+on the external films at each arm's threshold, the AUC with a 95 % patient-level bootstrap interval, and the paired
+difference in AUC and AVG to the table's reference arm on the same films (paired bootstrap over patients).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from pneumollm.analysis.collect import RUNS_SUBDIR, AggregationError, Prediction, collect_runs, split_complete
+from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_bootstrap_difference, rank_auc
+from pneumollm.data.cohort import FilmRecord
+from pneumollm.inference.inputs import InputFilm, prepare_inputs
+from pneumollm.inference.models import TrainedModel, load_trained
+from pneumollm.inference.predict import fold_probabilities
+from pneumollm.utils.console import say
+from pneumollm.utils.io import atomic_write, atomic_write_text, output_set
+
+METRICS = ("sensitivity", "specificity", "accuracy", "auc", "avg")
+CSV_COLUMNS = ("arm", "label", "films", "patients", "threshold", *METRICS, "pooled_auc_ci_low",
+               "pooled_auc_ci_high", "delta_auc", "delta_auc_ci_low", "delta_auc_ci_high", "delta_avg",
+               "delta_avg_ci_low", "delta_avg_ci_high")
+
+
+@dataclass
+class ExternalArm:
+    """One arm's predictions on the external films and its figures there."""
+
+    arm: str
+    label: str
+    threshold: float
+    probs: np.ndarray  # one per usable external film, in the cohort's order
+    metrics: dict[str, float]
+    auc: Interval
+    delta_auc: Interval | None = None
+    delta_avg: Interval | None = None
+
+
+def external_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity, accuracy, AUC and AVG in percent (calls ``prob > threshold``)."""
+    called, positive = probs > threshold, labels == 1
+    values = {"sensitivity": called[positive].mean() * 100 if positive.any() else float("nan"),
+              "specificity": (~called[~positive]).mean() * 100 if (~positive).any() else float("nan"),
+              "accuracy": (called == positive).mean() * 100,
+              "auc": rank_auc(labels, probs) * 100 if 0 < positive.sum() < len(labels) else float("nan")}
+    values["avg"] = float(np.mean(list(values.values())))
+    return {k: float(v) for k, v in values.items()}
+
+
+def score_arms(runs_dir: Path, records: list[FilmRecord], n_boot: int = 2000, overrides: tuple[str, ...] = (),
+               device: str = "cpu", num_folds: int = 5, progress: bool = True
+               ) -> tuple[list[ExternalArm], list[FilmRecord], str | None]:
+    """(each complete arm on the films, the films used, the reference arm). Films that fail preprocessing for
+    any arm are left out for every arm, so all arms are compared on the same films."""
+    arms = collect_runs(runs_dir)
+    complete, incomplete = split_complete(arms, num_folds, partial=True, source=runs_dir)
+    for name, problems in incomplete.items():
+        say(f"[yellow]{name} left out (not finished): {problems[0]}")
+    models: dict[str, TrainedModel] = {}
+    prepared: dict[str, list[InputFilm]] = {}
+    for name in complete:
+        model = load_trained(runs_dir / name, device, overrides)
+        key = model.settings.fingerprint()
+        if key not in prepared:  # arms trained with the same preprocessing share the prepared films
+            films = [InputFilm(r.path, r.image_id) for r in records]
+            prepare_inputs(films, model.settings, model.lungs, progress=progress)
+            prepared[key] = films
+        models[name] = model
+    usable = [i for i in range(len(records)) if all(films[i].status == "ok" for films in prepared.values())]
+    if not usable:
+        raise AggregationError("none of the external films could be prepared (see the reasons above)")
+    labels = np.array([records[i].label for i in usable])
+    patients = [records[i].patient_id for i in usable]
+    scored = []
+    for name, model in models.items():
+        films = prepared[model.settings.fingerprint()]
+        images = np.stack([films[i].image for i in usable])
+        probs = fold_probabilities(model, images, progress=progress).mean(axis=1)
+        scored.append(ExternalArm(name, complete[name].label, model.threshold, probs,
+                                  external_metrics(labels, probs, model.threshold),
+                                  bootstrap_auc_by_patient(labels.tolist(), probs.tolist(), patients, n_boot=n_boot)))
+    first = next(iter(complete.values()))
+    config = OmegaConf.load(first.run_dirs[min(first.run_dirs)] / "config.yaml")
+    reference = OmegaConf.select(config, "experiment.reference")
+    ref = next((a for a in scored if a.arm == reference), None)
+    if ref is not None:
+        for arm in scored:
+            if arm is not ref:
+                arm.delta_auc, arm.delta_avg = paired_bootstrap_difference(
+                    labels, arm.probs, ref.probs, patients, arm.threshold, ref.threshold, n_boot=n_boot)
+    return scored, [records[i] for i in usable], reference if ref is not None else None
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None or np.isnan(value) else f"{value:.4f}"
+
+
+def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecord], reference: str | None,
+                   title: str, n_boot: int) -> list[Path]:
+    """table.md, table.csv (numbers), predictions.csv (every arm's probability per film) and roc.png."""
+    from pneumollm.analysis.collect import ArmRuns
+    from pneumollm.analysis.figures import plot_roc
+    from pneumollm.analysis.summary import ArmSummary
+
+    patients = {f.patient_id for f in films}
+    rows = []
+    for arm in arms:
+        row = {"arm": arm.arm, "label": arm.label, "films": len(films), "patients": len(patients),
+               "threshold": f"{arm.threshold:.4f}", **{m: _fmt(arm.metrics[m]) for m in METRICS},
+               "pooled_auc_ci_low": _fmt(arm.auc.low), "pooled_auc_ci_high": _fmt(arm.auc.high)}
+        for name, delta in (("delta_auc", arm.delta_auc), ("delta_avg", arm.delta_avg)):
+            row.update({name: _fmt(delta.estimate if delta else None), f"{name}_ci_low": _fmt(delta.low if delta
+                                                                                              else None),
+                        f"{name}_ci_high": _fmt(delta.high if delta else None)})
+        rows.append(row)
+
+    def write_csv(path: Path, columns: list[str] | tuple[str, ...], data: list[dict]) -> None:
+        def writer(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as handle:
+                out = csv.DictWriter(handle, fieldnames=list(columns))
+                out.writeheader()
+                out.writerows(data)
+
+        atomic_write(path, writer)
+
+    write_csv(out_dir / "table.csv", CSV_COLUMNS, rows)
+    per_film = [{"image_id": f.image_id, "patient_id": f.patient_id, "label": f.label,
+                 **{a.arm: f"{a.probs[i]:.6f}" for a in arms}} for i, f in enumerate(films)]
+    write_csv(out_dir / "predictions.csv", ["image_id", "patient_id", "label", *[a.arm for a in arms]], per_film)
+    header = ["Arm", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "AUC [95% CI]", "ΔAUC [95% CI]", "ΔAVG [95% CI]",
+              "threshold"]
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm in arms:
+        def delta(value: Interval | None, is_ref: bool) -> str:
+            return "ref" if is_ref else "–" if value is None else value.format()
+
+        is_ref = arm.arm == reference
+        lines.append("| " + " | ".join([arm.label, *(f"{arm.metrics[m]:.2f}" for m in METRICS), arm.auc.format(),
+                                         delta(arm.delta_auc, is_ref), delta(arm.delta_avg, is_ref),
+                                         f"{arm.threshold:.3f}"]) + " |")
+    lines += ["", f"{len(films)} external films of {len(patients)} patients, each arm the mean of its fold models' "
+                  "probabilities, calls at each arm's threshold (the mean of its folds'). AUC with a 95% percentile "
+                  f"bootstrap interval over patients ({n_boot} resamples); Δ = paired difference to the reference arm "
+                  f"({reference or 'none'}) on the same films, paired bootstrap over patients. Figures in percent."]
+    atomic_write_text(out_dir / "table.md", "\n".join(lines) + "\n")
+    pseudo = [ArmRuns(a.arm, a.label, predictions=[Prediction(f.image_id, f.patient_id, 0, f.label, float(a.probs[i]))
+                                                    for i, f in enumerate(films)]) for a in arms]
+    summaries = [ArmSummary(a.arm, a.label, {}, {}, {}, a.metrics["auc"], 0, 0.0, len(films)) for a in arms]
+    roc = plot_roc(pseudo, summaries, out_dir / "roc.png", f"{title}: ROC on the external films",
+                   intervals=[a.auc for a in arms], n_boot=min(n_boot, 1000))
+    return [out_dir / "table.md", out_dir / "table.csv", out_dir / "predictions.csv", roc]
+
+
+def external_validation(table_dir: Path, data: Path, out: Path | None = None, n_boot: int = 2000,
+                        overrides: tuple[str, ...] = (), device: str = "cpu", num_folds: int = 5,
+                        progress: bool = True) -> list[Path]:
+    """Score every study of ``table_dir`` (one per training cohort) on the external manifest ``data``; writes
+    ``<study>/external/<cohort>/`` (or ``out``) and returns the folders written."""
+    from pneumollm.analysis.collect import find_studies
+    from pneumollm.config import data_slug
+    from pneumollm.data.cohort import read_manifest
+
+    listing = read_manifest(data)
+    for skipped in listing.skipped:
+        say(f"[yellow]external film left out: {skipped.image_id}: {skipped.reason}")
+    if not listing.records:
+        raise AggregationError(f"{data}: no usable external films")
+    cohort = data_slug(str(data))
+    written = []
+    for study in find_studies(table_dir):
+        runs_dir = study / RUNS_SUBDIR if (study / RUNS_SUBDIR).is_dir() else study
+        arms, films, reference = score_arms(runs_dir, listing.records, n_boot, overrides, device, num_folds, progress)
+        target = (out / study.name if out is not None and len(find_studies(table_dir)) > 1 else out) or \
+            study / "external" / cohort
+        with output_set(target, "external") as stage:
+            write_external(stage, arms, films, reference, f"{table_dir.name} ({study.name}) on {cohort}", n_boot)
+        written.append(target)
+    return written

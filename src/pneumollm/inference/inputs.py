@@ -1,0 +1,118 @@
+"""Films to predict: files, folders (searched recursively) or a manifest CSV, preprocessed as in training.
+
+Every input ends as a row of the output: a film that cannot be used (missing, corrupt, not a radiograph, too
+small) is kept with ``status=skipped`` and the same reason ``pneumollm-prepare`` would give.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumollm.data.cohort import PATH_COLUMNS, find_column, read_csv_rows
+from pneumollm.data.dicom import UnreadableImageError
+from pneumollm.data.films import RASTER_SUFFIXES, is_dicom
+from pneumollm.data.preprocess import PreprocessSettings, process_film
+from pneumollm.errors import UserError
+from pneumollm.utils.progress import progress_bar
+
+
+@dataclass
+class InputFilm:
+    """One film to predict: where it is, how the output names it, and the manifest's other columns."""
+
+    path: Path
+    name: str
+    extra: dict[str, str] = field(default_factory=dict)
+    image: np.ndarray | None = None  # the model's input (uint8, image_size x image_size) once prepared
+    box: tuple[int, int, int, int] | None = None  # the lung crop in the film's pixels
+    status: str = "pending"
+    reason: str = ""
+
+
+def _films_in(folder: Path) -> list[Path]:
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not any(s.startswith(".") for s in p.parts)]
+    return [p for p in files if p.suffix.lower() in RASTER_SUFFIXES or is_dicom(p)]
+
+
+def _from_manifest(manifest: Path) -> list[InputFilm]:
+    header, rows, _notes = read_csv_rows(manifest)
+    column = find_column(header, PATH_COLUMNS)
+    if column is None:
+        raise UserError(f"{manifest}: no column naming the films ({', '.join(PATH_COLUMNS[:3])}, ...); "
+                        f"found {', '.join(header)}")
+    films = []
+    for line, row in enumerate(rows, start=2):
+        rel = (row.get(column) or "").strip()
+        extra = {k: str(v) for k, v in row.items() if k not in (column, None)}
+        if not rel:
+            films.append(InputFilm(manifest, f"{manifest.name}:row {line}", extra, status="skipped",
+                                   reason="no path in the manifest row"))
+            continue
+        films.append(InputFilm((manifest.parent / rel).resolve(), rel, extra))
+    return films
+
+
+def gather_inputs(items: Sequence[str | Path]) -> list[InputFilm]:
+    """The films named by ``items``: files as given, every film (DICOM or PNG/JPEG/TIFF/BMP) under a folder, the
+    rows of a manifest CSV (a ``path`` column, relative to the CSV; other columns are kept)."""
+    films: list[InputFilm] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = _films_in(path)
+            if not found:
+                raise UserError(f"{path}: no films in this folder or below (DICOM, PNG, JPEG, TIFF or BMP files)")
+            films += [InputFilm(p.resolve(), str(p)) for p in found]
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            films += _from_manifest(path.resolve())
+        elif path.exists():
+            films.append(InputFilm(path.resolve(), str(path)))
+        else:
+            films.append(InputFilm(path, str(path), status="skipped", reason="file not found"))
+    if not films:
+        raise UserError("no films to predict")
+    return films
+
+
+def prepare_inputs(films: list[InputFilm], settings: PreprocessSettings, lungs: dict[str, Any],
+                   progress: bool = True) -> None:
+    """Decode, crop and resize every pending film in place, as training did (``settings``, the ``lungs`` option);
+    a film that cannot be used is marked ``skipped`` with the reason."""
+    from pneumollm.data.datamodule import build_segmenter
+
+    pending = [f for f in films if f.status == "pending"]
+    segmenter = build_segmenter(lungs) if pending else None
+    for film in progress_bar(pending, f"preparing {len(pending)} films", enabled=progress):
+        try:
+            image, meta, _thumb, _mask = process_film(film.path, film.name, settings, segmenter)
+        except UnreadableImageError as err:
+            film.status, film.reason = "skipped", err.reason
+            continue
+        except Exception as err:  # one bad film never stops the others
+            film.status, film.reason = "skipped", f"preprocessing failed ({type(err).__name__}: {err})"
+            continue
+        film.image, film.status = image, "ok"
+        film.box = tuple(meta["box"]) if meta.get("box") else None
+        if meta.get("crop_status") == "fallback":
+            film.reason = f"lung crop fell back to the whole film: {meta.get('crop_reason', '')}"
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]], first: Sequence[str]) -> Path:
+    """Write ``rows`` as CSV: the ``first`` columns, then the others in order of appearance (atomically)."""
+    from pneumollm.utils.io import atomic_write
+
+    columns = list(first) + [k for k in dict.fromkeys(k for row in rows for k in row) if k not in first]
+
+    def writer(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            out = csv.DictWriter(handle, fieldnames=columns, restval="")
+            out.writeheader()
+            out.writerows(rows)
+
+    return atomic_write(path, writer)

@@ -1,0 +1,42 @@
+"""The decision threshold: the configured P(pneumoconiosis) cut-off (0.5), or one chosen on each fold's validation
+patients by Youden's J (``threshold=validation``), never on the test fold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pneumollm.errors import ConfigError
+
+THRESHOLD_MODES = ("fixed", "validation")
+
+
+def threshold_mode(setting: float | str) -> tuple[str, float]:
+    """(mode, fixed value) of the ``threshold`` setting: a number, or ``validation`` (0.5 stays the fixed one)."""
+    if str(setting) == "validation":
+        return "validation", 0.5
+    try:
+        value = float(setting)
+    except (TypeError, ValueError):
+        raise ConfigError(f"threshold={setting!r}: give a number in (0, 1) or 'validation'") from None
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"threshold={value}: the cut-off on P(pneumoconiosis) must lie in (0, 1)")
+    return "fixed", value
+
+
+def youden_threshold(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    """The cut-off maximising Youden's J (sensitivity + specificity - 1) on these films, for calls ``prob > t``;
+    None when one class is absent. Ties of J go to the highest cut-off (the fewest positive calls).
+
+    scikit-learn's ROC thresholds call ``prob >= t`` positive; the returned value lies halfway between the chosen
+    score and the next lower one, so that ``prob > t`` makes the same calls.
+    """
+    from sklearn.metrics import roc_curve
+
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    if len(np.unique(labels)) < 2:
+        return None
+    fpr, tpr, cuts = roc_curve(labels, probs, drop_intermediate=False)
+    best = int(np.argmax(tpr - fpr))  # the first maximum: cut-offs decrease along the curve
+    chosen = float(min(cuts[best], 1.0))
+    lower = probs[probs < chosen]
+    return float((chosen + lower.max()) / 2) if lower.size else float(np.nextafter(chosen, 0.0))

@@ -1,0 +1,54 @@
+"""External validation: every arm of a finished study as its folds' ensemble on another cohort, with intervals and
+the paired difference to the reference arm."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumollm.analysis.stats import paired_bootstrap_difference
+from pneumollm.cli.external import main as external_main
+from pneumollm.training.run import run_fold
+from tests.helpers import compose_train, make_toy_manifest
+from tests.test_predict import BASE
+
+
+def test_the_paired_difference_of_an_arm_with_itself_is_zero_and_a_better_arm_wins() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 80)
+    good = np.clip(labels * 0.6 + rng.normal(0.2, 0.2, 80), 0, 1)
+    poor = rng.random(80)
+    patients = [f"p{i // 2}" for i in range(80)]
+    same_auc, same_avg = paired_bootstrap_difference(labels, good, good, patients, n_boot=200)
+    assert same_auc.estimate == same_auc.low == same_auc.high == 0 and same_avg.estimate == 0
+    better, _ = paired_bootstrap_difference(labels, good, poor, patients, n_boot=200)
+    assert better.low > 0 and better.low < better.estimate < better.high
+
+
+def test_every_arm_is_scored_on_the_external_cohort(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    manifest = make_toy_manifest(tmp_path / "cohort", n_patients=15, films_per_patient=1, size=64)
+    for arm in ("baseline", "pneumollm"):
+        for fold in range(3):
+            extra = [f"arm={arm}"] if arm != "pneumollm" else []
+            cfg = compose_train([*BASE, f"data.source.manifest={manifest}", f"paths.root_dir={tmp_path}",
+                                 f"data.fold={fold}", "experiment.reference=baseline", *extra],
+                                run_dir=tmp_path / "table" / "study" / "runs" / arm / f"fold{fold}")
+            run_fold(cfg)
+    external = make_toy_manifest(tmp_path / "other_site", n_patients=12, films_per_patient=2, size=64, seed=5)
+    assert external_main([str(tmp_path / "table"), str(external), "--num-folds", "3", "--bootstrap", "100",
+                          "--no-progress"]) == 0
+    (folder,) = (tmp_path / "table" / "study" / "external").iterdir()
+    with (folder / "table.csv").open() as handle:
+        rows = {r["arm"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"baseline", "pneumollm"} and rows["pneumollm"]["films"] == "24"
+    for row in rows.values():
+        assert float(row["pooled_auc_ci_low"]) <= float(row["auc"]) <= float(row["pooled_auc_ci_high"])
+    assert rows["baseline"]["delta_auc"] == ""  # the reference
+    assert float(rows["pneumollm"]["delta_auc_ci_low"]) <= float(rows["pneumollm"]["delta_auc"])
+    assert (folder / "roc.png").is_file() and (folder / "table.md").read_text().count(" ref ") == 2
+    with (folder / "predictions.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 24
+    assert "external validation" in capsys.readouterr().err
