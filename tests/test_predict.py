@@ -114,3 +114,44 @@ def test_the_real_dicom_film_is_predicted(trained: Path, tmp_path: Path) -> None
     assert predict_main([str(trained / "study/pneumollm"), str(film), "--out", str(out), "--no-progress"]) == 0
     (row,) = _rows(out)
     assert row["status"] == "ok" and 0.0 <= float(row["prob"]) <= 1.0
+
+
+@pytest.mark.parametrize(("model", "method"), [("pneumollm/fold0", "occlusion"),
+                                               ("pneumollm", "integrated_gradients")], ids=["fold", "ensemble"])
+def test_explanations_are_written_for_the_predicted_films(trained: Path, tmp_path: Path, model: str,
+                                                          method: str) -> None:
+    from PIL import Image
+
+    films = sorted(str(p) for p in (trained / "cohort/films").glob("*.png"))[:2]
+    explain = tmp_path / "explain"
+    out = tmp_path / "p.csv"
+    args = [str(trained / "study" / model), *films, str(tmp_path / "missing.png"), "--out", str(out),
+            "--explain", str(explain), "--explain-method", method, "--no-progress"]
+    assert predict_main(args) == 0
+    index = _rows(explain / "explanations.csv")
+    assert [r["path"] for r in index] == films  # the skipped film has no explanation
+    assert [r["status"] for r in index] == ["ok", "ok"]
+    predicted = {r["path"]: r["prob"] for r in _rows(out)}
+    for row in index:
+        assert row["prob"] == predicted[row["path"]]
+        with Image.open(explain / row["explanation"]) as png:
+            assert png.format == "PNG" and png.size == (1300, 460)
+    assert len({r["explanation"] for r in index}) == 2
+
+
+def test_the_ensemble_is_explained_through_its_mean_probability(trained: Path) -> None:
+    import torch
+
+    from pneumollm.inference.explain_films import EnsembleLogits, explanation_name
+    from pneumollm.inference.models import load_trained
+
+    model = load_trained(trained / "study/pneumollm")
+    images = torch.rand(3, 1, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mean = torch.stack([f.probabilities(images) for f in model.folds]).mean(0)
+        logits = EnsembleLogits(model)(images)
+    torch.testing.assert_close(logits.softmax(-1)[:, 1], mean, atol=1e-6, rtol=0)
+    taken: set[str] = set()
+    names = ("a/b.dcm", "a_b.png", "../x y.JPG", "", "/data/site 1/P0001/1.dcm")
+    assert [explanation_name(n, taken) for n in names] == ["a_b.png", "a_b_2.png", "x_y.png", "film.png",
+                                                            "P0001_1.png"]

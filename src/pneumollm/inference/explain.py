@@ -2,13 +2,18 @@
 
 Both methods only call ``net(images)``, so they work for every arm of the suite:
 
-- ``occlusion`` (:class:`captum.attr.Occlusion`): hide a square window of the input (default 16 px, stride 8,
-  filled with the film's own mean), and record how much P(pneumoconiosis) drops; a pixel's value is the mean
-  drop over the windows that cover it. Forward passes only, under ``torch.no_grad``.
-- ``integrated_gradients`` (:class:`captum.attr.IntegratedGradients`): the gradient of the log-odds of
-  pneumoconiosis integrated along the straight path from a black film to the input, times the input; the map
-  sums to log-odds(film) - log-odds(black film). One forward and one backward pass per step.
+- ``occlusion`` (:class:`captum.attr.Occlusion`): hide a square window of the input (default 16 px, stride 8)
+  and record how much the log-odds of pneumoconiosis, log(p / (1 - p)), drop; a pixel's value is the mean drop
+  over the windows that cover it. Forward passes only, under ``torch.no_grad``. The window is filled with black
+  by default: the lungs are the dark part of a film, so black hides what lies in a lung window (opacities,
+  vessels) without adding anything, whereas the film's mean grey paints a bright square there that looks like
+  an opacity itself (on the demo cohort it turned the opacities' attribution negative; docs/explanations.md).
+- ``integrated_gradients`` (:class:`captum.attr.IntegratedGradients`): the gradient of the log-odds integrated
+  along the straight path from a black film to the input, times the input; the map sums to
+  log-odds(film) - log-odds(black film). One forward and one backward pass per step.
 
+Both attribute the log-odds rather than p by default: p saturates (a film at P = 99.99999 % moves p by about
+1e-6 whatever is hidden, so a map of p is float32 rounding noise), the log-odds of two logits are exact (l1 - l0).
 Positive values are evidence for pneumoconiosis, negative ones evidence against it.
 """
 
@@ -33,7 +38,7 @@ FIGURE_INCHES = (13.0, 4.6)  # the PNG of write_explanation: 1300 x 460 pixels a
 FIGURE_DPI = 100
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "occlusion": {"window": 16, "stride": 8, "baseline": "mean", "output": "probability", "batch_size": 64},
+    "occlusion": {"window": 16, "stride": 8, "baseline": "zero", "output": "log_odds", "batch_size": 64},
     "integrated_gradients": {"n_steps": 32, "baseline": 0.0, "output": "log_odds", "batch_size": 64},
 }
 
@@ -60,10 +65,13 @@ def attribution_maps(net: nn.Module, images: torch.Tensor, method: str = "occlus
 
     ``images``: float [B, 1, H, W] in [0, 1] on the net's device. ``probability``: logits -> P(pneumoconiosis)
     per film (e.g. the run's ``loss.positive_probability``); default :func:`softmax_probability`.
-    Options, occlusion: ``window`` (16), ``stride`` (8), ``baseline`` ("mean" of each film, "zero", "blur": a
-    Gaussian-blurred copy of the film, or a number), ``output`` ("probability"), ``batch_size`` (64 films per
-    forward pass). Integrated gradients: ``n_steps`` (32), ``baseline`` (0.0, a black film), ``output``
-    ("log_odds"), ``batch_size`` (64). ``output`` "log_odds" attributes log(p / (1 - p)) instead of p.
+    Options, occlusion: ``window`` (16), ``stride`` (8), ``baseline`` ("zero": black, "mean": each film's mean,
+    "blur": a Gaussian-blurred copy of the film, or a number), ``output`` ("log_odds"), ``batch_size`` (64 films
+    per forward pass). Integrated gradients: ``n_steps`` (32), ``baseline`` (0.0, a black film), ``output``
+    ("log_odds"), ``batch_size`` (64). ``output`` "probability" attributes p itself instead of the log-odds
+    log(p / (1 - p)); those come straight from the logits for the default and for a suite loss's
+    ``positive_probability`` (softmax or sigmoid), and as ``logit(p)`` with p clamped to [1e-6, 1 - 1e-6] for
+    any other callable.
     The net runs in eval mode; every module's train/eval flag is restored afterwards.
     """
     settings = _options(method, options)
@@ -97,18 +105,39 @@ def _options(method: str, options: dict[str, Any]) -> dict[str, Any]:
 def _score_function(net: nn.Module, probability: Probability | None, output: str
                     ) -> Callable[[torch.Tensor], torch.Tensor]:
     """images -> [B] P(pneumoconiosis) or its log-odds."""
-    if probability is None and output == "log_odds":
-        def log_odds(images: torch.Tensor) -> torch.Tensor:  # exact, no saturation: l1 - logsumexp(others)
-            logits = net(images).float()
-            others = torch.cat([logits[:, :1], logits[:, 2:]], dim=1)
-            return logits[:, 1] - others.logsumexp(dim=1)
-        return log_odds
     positive = probability or softmax_probability
+    exact = _exact_log_odds(positive) if output == "log_odds" else None
+    if exact is not None:
+        return lambda images: exact(net(images).float())
 
     def score(images: torch.Tensor) -> torch.Tensor:
         p = positive(net(images)).float().reshape(-1)
         return torch.logit(p, eps=1e-6) if output == "log_odds" else p
     return score
+
+
+def _exact_log_odds(probability: Probability) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """logits -> log-odds without going through p, for the probabilities the suite knows: the default softmax
+    and a training loss's ``positive_probability`` (softmax, or one sigmoid per class); None for others."""
+    from pneumollm.training.losses import ClassificationLoss, MultiLabelBCELoss
+
+    index = 1
+    if probability is not softmax_probability:
+        loss = getattr(probability, "__self__", None)
+        if not isinstance(loss, ClassificationLoss) or getattr(probability, "__name__", "") != "positive_probability":
+            return None
+        index = loss.positive_index
+        if isinstance(loss, MultiLabelBCELoss):
+            if type(loss).positive_probability is not MultiLabelBCELoss.positive_probability:
+                return None
+            return lambda logits: logits[:, index]  # sigmoid(l) has log-odds l
+        if type(loss).positive_probability is not ClassificationLoss.positive_probability:
+            return None
+
+    def softmax_log_odds(logits: torch.Tensor) -> torch.Tensor:  # l_i - logsumexp(the other logits)
+        others = torch.cat([logits[:, :index], logits[:, index + 1:]], dim=1)
+        return logits[:, index] - others.logsumexp(dim=1)
+    return softmax_log_odds
 
 
 @contextmanager

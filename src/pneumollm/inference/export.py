@@ -25,10 +25,10 @@ from pneumollm.inference.models import (
     FoldModel,
     ModelLoadError,
     TrainedModel,
-    _settings,
     build_net,
     check_frozen,
     fold_for_inference,
+    preprocess_settings,
 )
 from pneumollm.training.records import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
 from pneumollm.utils.io import atomic_write, atomic_write_json, atomic_write_text
@@ -91,7 +91,7 @@ def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
               "arm": str(configs[0].experiment.arm), "label": str(configs[0].experiment.get("label", "")),
               "experiment": str(configs[0].experiment.name), "size": str(configs[0].get("size_name", "?")),
               "cohort": str(configs[0].data.get("cohort", "?")), "folds": folds,
-              "base_weights": _base_weights(configs[0]), "preprocessing": asdict(_settings(configs[0])),
+              "base_weights": _base_weights(configs[0]), "preprocessing": asdict(preprocess_settings(configs[0])),
               "summary": summary, "pooled_auc": None if pooled is None else
               {"estimate": pooled.estimate, "ci_low": pooled.low, "ci_high": pooled.high}}
     atomic_write_json(out_dir / EXPORT_FILE, record)
@@ -154,4 +154,4 @@ def load_export(path: Path, device: torch.device, overrides: Sequence[str] = (),
             check_frozen(net, entry["frozen_fingerprints"], path)
         notes = fold_for_inference(net) if fold_adapters else []
         folds.append(FoldModel(int(entry["fold"]), net, loss, float(entry["threshold"]), notes))
-    return TrainedModel(path, str(record["arm"]), folds, config, _settings(config))
+    return TrainedModel(path, str(record["arm"]), folds, config, preprocess_settings(config))

@@ -81,7 +81,7 @@ def check_frozen(net: torch.nn.Module, recorded: dict[str, str], where: Path) ->
                                  "trained with (encoder.name_or_path / llm.name_or_path)")
 
 
-def _settings(config: DictConfig) -> PreprocessSettings:
+def preprocess_settings(config: DictConfig) -> PreprocessSettings:
     """The preprocessing the runs were trained with (as ``CohortDataModule`` builds it from ``data``)."""
     data = config.data
     lungs = OmegaConf.to_container(data.lungs, resolve=True)
@@ -141,12 +141,16 @@ def _load_run(run_dir: Path, device: torch.device, overrides: Sequence[str], fol
         if not path.is_file():
             raise ModelLoadError(f"{path}: the run's tested checkpoint is missing")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        weights, recorded = state["state_dict"], state.get("frozen_fingerprints")
     else:  # a model without trainable parameters (zero-shot CLIP) has no checkpoint
-        weights, recorded = {}, None
-    net, loss = build_net(config, weights, run_dir, device)
-    if recorded:
-        check_frozen(net, recorded, run_dir)
+        state = {}
+    net, loss = build_net(config, state.get("state_dict", {}), run_dir, device)
+    if state.get("frozen_fingerprints"):
+        check_frozen(net, state["frozen_fingerprints"], run_dir)
+    elif state.get("frozen_fingerprint"):  # checkpoints written before per-tensor fingerprints
+        from pneumollm.training.module import frozen_fingerprint
+
+        if frozen_fingerprint(net) != state["frozen_fingerprint"]:
+            raise ModelLoadError(f"{run_dir}: the base weights differ from the ones the run was trained with")
     notes = fold_for_inference(net) if fold_adapters else []
     threshold = float(metrics.get("threshold", config.get("threshold", 0.5)))
     return FoldModel(int(metrics.get("fold", config.data.fold)), net, loss, threshold, notes), config
@@ -166,13 +170,13 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", overrides
         return load_export(path, device, overrides, fold_adapters)
     if (path / CONFIG_FILE).is_file():
         fold, config = _load_run(path, device, overrides, fold_adapters)
-        return TrainedModel(path, str(config.experiment.arm), [fold], config, _settings(config))
+        return TrainedModel(path, str(config.experiment.arm), [fold], config, preprocess_settings(config))
     run_dirs = sorted(d for d in path.glob("fold*") if (d / METRICS_FILE).is_file())
     if not run_dirs:
         raise ModelLoadError(f"{path}: neither a run folder (config.yaml, metrics.json), an arm folder (fold*/ with "
                              "finished runs) nor an export (export.json)")
     loaded = [_load_run(d, device, overrides, fold_adapters) for d in run_dirs]
-    settings = [_settings(c) for _, c in loaded]
+    settings = [preprocess_settings(c) for _, c in loaded]
     if len({s.fingerprint() for s in settings}) > 1:
         raise ModelLoadError(f"{path}: the folds were trained with different preprocessing; predict fold by fold")
     config = loaded[0][1]
