@@ -195,3 +195,12 @@ def wandb_run_contents(run_dir: Path, wait: float = 30.0) -> tuple[str, dict, di
         elif kind == "summary":
             summary.update({i.key: json.loads(i.value_json) for i in record.summary.update if i.key})
     return run_id, config, summary
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of every row of the pipe tables in ``text`` (header rows included, separator rows left out)."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not set(line) <= set("|:- "):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows

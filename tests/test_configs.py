@@ -74,12 +74,24 @@ def test_optimizer_and_scheduler_choices(tmp_path: Path, optimizer: str, schedul
     if cfg.get("scheduler"):
         sched = instantiate(cfg.scheduler)(opt, total_steps=100, steps_per_epoch=10)
         lrs = []
-        for _ in range(100):
+        for step in range(100):
             lrs.append(opt.param_groups[0]["lr"])
             opt.step()
-            sched.step()
+            sched.step_update(num_updates=step + 1)  # as the LightningModule steps it
         assert lrs[0] == pytest.approx(5e-7) and max(lrs) == pytest.approx(cfg.optimizer.lr, rel=1e-3)
         assert lrs.index(max(lrs)) == 20 and lrs[-1] < 1e-5  # 2 warm-up epochs, then cosine down
+        expected = [_reference_lr(t, 100, 20, cfg.optimizer.lr, 5e-7, 1e-7) for t in range(100)]
+        assert lrs == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def _reference_lr(step: int, total: int, warmup: int, base: float, warmup_lr: float, min_lr: float) -> float:
+    """The reference code's schedule (METHOD.md): linear warm-up, then cosine to ``min_lr``."""
+    import math
+
+    if step < warmup:
+        return warmup_lr + (base - warmup_lr) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + (base - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @pytest.mark.parametrize("choice", _choices("trainer"))

@@ -93,7 +93,7 @@ def test_summary_and_table_list_the_arms_in_one_order(tmp_path: Path) -> None:
 
     def md_arms(name: str) -> list[str]:
         lines = [line for line in (tmp_path / name).read_text().splitlines() if line.startswith("| ")][1:]
-        return list(dict.fromkeys(line.split(" | ")[0].lstrip("| ") for line in lines))
+        return list(dict.fromkeys(line.split("|")[1].strip() for line in lines))
 
     assert md_arms("summary.md") == md_arms("table.md") == order
     assert [r["arm"] for r in summary_rows(summaries, order=order)][::4] == order  # 3 folds + mean per arm

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import roc_auc_score
+
+from pneumollm.analysis.auc import pooled_auc
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def bootstrap_auc_by_patient(labels: Sequence[int], probs: Sequence[float], pati
         estimates.append(rank_auc(y[idx], p[idx]) * 100)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(estimates, [alpha, 1 - alpha])
-    return Interval(float(roc_auc_score(y, p) * 100), float(low), float(high))
+    return Interval(pooled_auc(y, p), float(low), float(high))
 
 
 def paired_difference(values: Sequence[float], reference: Sequence[float], confidence: float = 0.95) -> Interval:
@@ -70,8 +71,10 @@ def paired_difference(values: Sequence[float], reference: Sequence[float], confi
     mean = float(diff.mean())
     if len(diff) < 2:
         return Interval(mean, float("nan"), float("nan"))
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)))
-    return Interval(mean, mean - half, mean + half)
+    if not np.ptp(diff):  # identical differences: scipy's interval is NaN for a zero spread, the interval is a point
+        return Interval(mean, mean, mean)
+    low, high = stats.ttest_1samp(diff, 0.0).confidence_interval(confidence)
+    return Interval(mean, float(low), float(high))
 
 
 def _avg_percent(labels: np.ndarray, probs: np.ndarray, threshold: float) -> float:

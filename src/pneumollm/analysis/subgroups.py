@@ -14,6 +14,7 @@ import numpy as np
 from pneumollm.analysis.collect import AggregationError, ArmRuns, run_thresholds
 from pneumollm.analysis.stats import bootstrap_auc_by_patient
 from pneumollm.utils.io import atomic_write, atomic_write_text
+from pneumollm.utils.markdown import markdown_table
 
 COLUMNS = ("arm", "label", "value", "films", "patients", "positive_films", "sensitivity", "specificity",
            "accuracy", "pooled_auc", "pooled_auc_ci_low", "pooled_auc_ci_high")
@@ -72,13 +73,13 @@ def write_subgroups(rows: list[dict[str, object]], column: str, out_dir: Path) -
             else str(value)
 
     header = ["Arm", column, "Films", "Patients", "Sens.", "Spec.", "Acc.", "pooled AUC [95% CI]"]
-    lines = [f"# Results by {column}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for row in rows:
         auc = "–" if np.isnan(row["pooled_auc"]) else (f"{row['pooled_auc']:.2f} [{row['pooled_auc_ci_low']:.2f}, "
                                                          f"{row['pooled_auc_ci_high']:.2f}]")
-        lines.append("| " + " | ".join([str(row["label"]), str(row["value"]), str(row["films"]), str(row["patients"]),
-                                         shown(row["sensitivity"]), shown(row["specificity"]),
-                                         shown(row["accuracy"]), auc]) + " |")
+        body.append([row["label"], row["value"], row["films"], row["patients"], shown(row["sensitivity"]),
+                     shown(row["specificity"]), shown(row["accuracy"]), auc])
+    lines = [f"# Results by {column}", "", markdown_table(header, body)]
     lines += ["", "Pooled over all folds' test films with the value; sensitivity, specificity and accuracy at each "
                   "run's threshold; AUC with a 95% percentile bootstrap interval resampling patients. Figures in "
                   "percent; – where a class is absent."]

@@ -9,23 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumollm.analysis.auc import pooled_auc
 from pneumollm.analysis.collect import ArmRuns
 from pneumollm.utils.io import atomic_write, atomic_write_text
+from pneumollm.utils.markdown import markdown_table
 
 METRICS = ("sensitivity", "specificity", "accuracy", "auc", "avg")
 HEADERS = {"sensitivity": "Sens.", "specificity": "Spec.", "accuracy": "Acc.", "auc": "AUC", "avg": "AVG"}
-
-
-def pooled_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """AUC (percent) of all out-of-fold predictions pooled together (ties count half); NaN when one class is absent.
-
-    scikit-learn, imported here: a summary needs nothing heavier (no torch), so ``pneumollm-aggregate`` starts fast.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(roc_auc_score(labels, probs)) * 100
 
 
 @dataclass
@@ -119,8 +109,7 @@ def write_summary(summaries: list[ArmSummary], out_dir: str | Path,
     atomic_write(csv_path, write_csv)
     rows = summary_rows(summaries)
     header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r[h] for h in header) + " |" for r in rows]
+    lines = [markdown_table(header, ([r[h] for h in header] for r in rows))]
     note = ("\nAll figures in percent. Per-fold figures on each fold's test patients; mean ± sample standard "
             "deviation (ddof=1) over folds; pooled AUC over all out-of-fold predictions together.\n")
     atomic_write_text(md_path, "\n".join(lines) + "\n" + note)

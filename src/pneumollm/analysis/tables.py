@@ -14,6 +14,7 @@ from pneumollm.analysis.collect import ArmRuns
 from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_difference
 from pneumollm.analysis.summary import METRICS, ArmSummary, summarise_arm
 from pneumollm.utils.io import atomic_write, atomic_write_text
+from pneumollm.utils.markdown import markdown_table
 
 PAPER_METRICS = ("sensitivity", "specificity", "accuracy", "auc", "avg")
 
@@ -190,9 +191,8 @@ def write_table(rows: list[TableRow], out_dir: str | Path, title: str, notes: li
     if all(r.full_size_trainable is None for r in rows):
         hidden.add("full-size L-para (M)")
     shown = [i for i, c in enumerate(COLUMNS) if c not in hidden]
-    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS[i] for i in shown) + " |",
-             "|" + "|".join("---" for _ in shown) + "|"]
-    lines += ["| " + " | ".join(cells[i] for i in shown) + " |" for cells in body]
+    table = markdown_table([COLUMNS[i] for i in shown], ([cells[i] for i in shown] for cells in body))
+    lines = [f"# {title}", "", table]
     atomic_write_text(md_path, "\n".join([*lines, "", *notes]) + "\n")
 
     def writer(tmp: Path) -> None:

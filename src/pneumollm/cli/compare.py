@@ -13,6 +13,7 @@ from rich.table import Table
 
 from pneumollm.errors import USAGE_EXIT_CODE, UserError
 from pneumollm.utils.io import atomic_write, atomic_write_text
+from pneumollm.utils.markdown import markdown_table
 
 TABLE_FILE, SUMMARY_FILE = "table.csv", "summary.csv"
 DEFAULT_METRICS = ("sensitivity", "specificity", "accuracy", "auc", "avg")
@@ -186,8 +187,7 @@ def write_markdown(comparison: Comparison, path: Path) -> Path:
     header = header_cells(comparison)
     lines = [f"# {comparison.a.source.parent.name} (A) vs {comparison.b.source.parent.name} (B)", "",
              *(f"- {line}" for line in legend(comparison)), "",
-             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in body_cells(comparison)]
+             markdown_table(header, body_cells(comparison))]
     lines += ["", "Means over folds (pooled figures as they are), in percent unless a count; B−A: B minus A."]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 

@@ -26,10 +26,10 @@ def is_dicom(path: str | Path) -> bool:
         return True
     if path.suffix.lower() in RASTER_SUFFIXES:
         return False
+    from pydicom.misc import is_dicom as has_dicom_preamble
+
     try:
-        with path.open("rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
+        return has_dicom_preamble(path)
     except OSError:
         return False
 

@@ -32,6 +32,7 @@ from pneumollm.inference.models import (
 )
 from pneumollm.training.records import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
 from pneumollm.utils.io import atomic_write, atomic_write_json, atomic_write_text
+from pneumollm.utils.markdown import markdown_table
 
 EXPORT_FORMAT = 1
 METRIC_KEYS = ("test/sensitivity", "test/specificity", "test/accuracy", "test/auc", "test/avg")
@@ -114,12 +115,10 @@ def model_card(record: dict[str, Any]) -> str:
         lines.append(f"- {part}: `{source}`")
     lines += ["", "## How it was validated", "",
               "Each fold model was selected on validation patients carved from its training patients and tested "
-              "once on its held-out fold.", "", "| fold | Sens. | Spec. | Acc. | AUC | AVG | threshold |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
-    for f in folds:
-        m = f["metrics"]
-        lines.append(f"| {f['fold']} | " + " | ".join(f"{m.get(k, float('nan')):.2f}" for k in METRIC_KEYS)
-                     + f" | {f['threshold']:.3f} ({f['threshold_mode']}) |")
+              "once on its held-out fold.", "",
+              markdown_table(["fold", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "threshold"],
+                             ([f["fold"], *(f"{f['metrics'].get(k, float('nan')):.2f}" for k in METRIC_KEYS),
+                               f"{f['threshold']:.3f} ({f['threshold_mode']})"] for f in folds), align="right")]
     if record.get("pooled_auc"):
         p = record["pooled_auc"]
         lines += ["", f"Pooled out-of-fold AUC {p['estimate']:.2f} [{p['ci_low']:.2f}, {p['ci_high']:.2f}] (95 % "

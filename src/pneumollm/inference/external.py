@@ -23,6 +23,7 @@ from pneumollm.inference.models import TrainedModel, load_trained
 from pneumollm.inference.predict import fold_probabilities
 from pneumollm.utils.console import say
 from pneumollm.utils.io import atomic_write, atomic_write_text, output_set
+from pneumollm.utils.markdown import markdown_table
 
 METRICS = ("sensitivity", "specificity", "accuracy", "auc", "avg")
 CSV_COLUMNS = ("arm", "label", "films", "patients", "threshold", *METRICS, "pooled_auc_ci_low",
@@ -137,15 +138,13 @@ def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecor
     write_csv(out_dir / "predictions.csv", ["image_id", "patient_id", "label", *[a.arm for a in arms]], per_film)
     header = ["Arm", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "AUC [95% CI]", "ΔAUC [95% CI]", "ΔAVG [95% CI]",
               "threshold"]
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for arm in arms:
-        def delta(value: Interval | None, is_ref: bool) -> str:
-            return "ref" if is_ref else "–" if value is None else value.format()
+    def delta(value: Interval | None, is_ref: bool) -> str:
+        return "ref" if is_ref else "–" if value is None else value.format()
 
-        is_ref = arm.arm == reference
-        lines.append("| " + " | ".join([arm.label, *(f"{arm.metrics[m]:.2f}" for m in METRICS), arm.auc.format(),
-                                         delta(arm.delta_auc, is_ref), delta(arm.delta_avg, is_ref),
-                                         f"{arm.threshold:.3f}"]) + " |")
+    body = [[arm.label, *(f"{arm.metrics[m]:.2f}" for m in METRICS), arm.auc.format(),
+             delta(arm.delta_auc, arm.arm == reference), delta(arm.delta_avg, arm.arm == reference),
+             f"{arm.threshold:.3f}"] for arm in arms]
+    lines = [f"# {title}", "", markdown_table(header, body)]
     lines += ["", f"{len(films)} external films of {len(patients)} patients, each arm the mean of its fold models' "
                   "probabilities, calls at each arm's threshold (the mean of its folds'). AUC with a 95% percentile "
                   f"bootstrap interval over patients ({n_boot} resamples); Δ = paired difference to the reference arm "

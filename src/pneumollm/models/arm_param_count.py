@@ -118,17 +118,17 @@ def full_size_trainable(arm: str, conf_dir: Path = DEFAULT_CONFIG_DIR.parent) ->
 
 def format_table(counts: list[ArmCount]) -> str:
     """A Markdown table: arm, paper row, paper L-para, our trainable and total counts, published form."""
-    lines = [
-        "| arm | paper row | paper L-para (M) | trainable (ours) | trainable (M) | total (ours) "
-        "| published form (M) |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
+    from pneumollm.utils.markdown import markdown_table
+
+    rows = []
     for c in counts:
         paper = "-" if c.paper_millions is None else f"{c.paper_millions:g}"
         published = "" if c.published is None else f"{c.published / 1e6:.2f}"
-        lines.append(f"| {c.arm} | {c.paper_row} | {paper} | {c.trainable:,} | {c.trainable / 1e6:.4g} "
-                     f"| {c.total:,} | {published} |")
-    return "\n".join(lines)
+        rows.append([c.arm, c.paper_row, paper, f"{c.trainable:,}", f"{c.trainable / 1e6:.4g}", f"{c.total:,}",
+                     published])
+    header = ["arm", "paper row", "paper L-para (M)", "trainable (ours)", "trainable (M)", "total (ours)",
+              "published form (M)"]
+    return markdown_table(header, rows, align=["left", "left"] + ["right"] * 5)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -144,13 +144,14 @@ def measure(parts: Sequence[str], builds: Sequence[str], layers: Sequence[int]) 
 def report(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the rows and, per (part, build), the per-layer slope between the fewest and most layers."""
     mib = lambda n: f"{n / 2**20:,.0f}"
-    lines = ["| part | build | layers | build's peak RSS MiB | resident after reading every weight MiB | "
-             "tensors kept MiB | process ru_maxrss MiB | build s |", "|---|---|" + "---:|" * 6]
-    for r in rows:
-        lines.append(f"| {r['part']} | {r['build']} | {r['layers']} | {mib(r['peak_above_before_bytes'])} | "
-                     f"{mib(r['resident_after_reading_bytes'])} | {mib(r['tensor_bytes'])} | "
-                     f"{mib(r['ru_maxrss_bytes'])} | {r['seconds']:.1f} |")
-    lines += ["", "| part | build | per-layer peak MiB | fixed part MiB |", "|---|---|---:|---:|"]
+    from pneumollm.utils.markdown import markdown_table
+
+    header = ["part", "build", "layers", "build's peak RSS MiB", "resident after reading every weight MiB",
+              "tensors kept MiB", "process ru_maxrss MiB", "build s"]
+    body = [[r["part"], r["build"], r["layers"], mib(r["peak_above_before_bytes"]),
+             mib(r["resident_after_reading_bytes"]), mib(r["tensor_bytes"]), mib(r["ru_maxrss_bytes"]),
+             f"{r['seconds']:.1f}"] for r in rows]
+    slopes = []
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["part"], r["build"]), []).append(r)
@@ -160,8 +161,10 @@ def report(rows: list[dict[str, Any]]) -> str:
             continue
         slope = (hi["peak_above_before_bytes"] - lo["peak_above_before_bytes"]) / (hi["layers"] - lo["layers"])
         fixed = lo["peak_above_before_bytes"] - slope * lo["layers"]
-        lines.append(f"| {part} | {build} | {mib(slope)} | {mib(fixed)} |")
-    return "\n".join(lines)
+        slopes.append([part, build, mib(slope), mib(fixed)])
+    return "\n".join([markdown_table(header, body, align=["left", "left"] + ["right"] * 6), "",
+                      markdown_table(["part", "build", "per-layer peak MiB", "fixed part MiB"], slopes,
+                                     align=["left", "left", "right", "right"])])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

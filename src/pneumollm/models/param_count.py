@@ -132,12 +132,14 @@ TABLE_ROWS: list[tuple[str, dict[str, str], tuple[str, ...]]] = [
 
 def markdown_table(conf_dir: str | Path | None = None) -> str:
     """The trainable/total table of every row of ``TABLE_ROWS`` as Markdown."""
-    lines = ["| configuration | trainable | total (in the model) | unused embeddings dropped |",
-             "|---|---:|---:|---:|"]
+    from pneumollm.utils.markdown import markdown_table
+
+    rows = []
     for label, choices, overrides in TABLE_ROWS:
         counts, _ = full_size_counts(choices, overrides, conf_dir)
-        lines.append(f"| {label} | {counts.trainable:,} | {counts.total:,} | {counts.excluded:,} |")
-    return "\n".join(lines)
+        rows.append([label, f"{counts.trainable:,}", f"{counts.total:,}", f"{counts.excluded:,}"])
+    return markdown_table(["configuration", "trainable", "total (in the model)", "unused embeddings dropped"], rows,
+                          align=["left", "right", "right", "right"])
 
 
 # How the frozen backbones are stored: element size of every frozen backbone weight, and the LLM trunk's
@@ -224,15 +226,16 @@ def full_size_model(choices: dict[str, str], overrides: Sequence[str] = (),
 def bytes_table(model: PneumoLLM) -> str:
     """Markdown: the weights' bytes under every ``WEIGHT_OPTIONS`` entry and the cards they fit."""
     gb = lambda n: f"{n / 1e9:.2f}"
-    cards = " | ".join(f"{c} GB card" for c in CARD_GIB)
-    lines = [f"| frozen weights as | encoder GB | LLM trunk GB | other frozen GB | frozen GB | trainable + grads + "
-             f"AdamW GB | total GB | {cards} |", "|---|" + "---:|" * (6 + len(CARD_GIB))]
+    from pneumollm.utils.markdown import markdown_table
+
+    header = ["frozen weights as", "encoder GB", "LLM trunk GB", "other frozen GB", "frozen GB",
+              "trainable + grads + AdamW GB", "total GB", *(f"{c} GB card" for c in CARD_GIB)]
+    rows = []
     for option in WEIGHT_OPTIONS:
         b = weight_bytes(model, option)
-        fits = " | ".join("fits" if b.fits(c) else "no" for c in CARD_GIB)
-        lines.append(f"| {option} | {gb(b.encoder)} | {gb(b.llm)} | {gb(b.other_frozen)} | {gb(b.frozen)} | "
-                     f"{gb(b.training)} | {gb(b.total)} | {fits} |")
-    return "\n".join(lines)
+        rows.append([option, gb(b.encoder), gb(b.llm), gb(b.other_frozen), gb(b.frozen), gb(b.training), gb(b.total),
+                     *("fits" if b.fits(c) else "no" for c in CARD_GIB)])
+    return markdown_table(header, rows, align=["left"] + ["right"] * (len(header) - 1))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -196,6 +196,13 @@ class ClassificationModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def lr_scheduler_step(self, scheduler: Any, metric: Any | None = None) -> None:
+        """timm's schedulers are stepped by iteration count (``step_update``), torch's by ``step()``."""
+        if hasattr(scheduler, "step_update"):
+            scheduler.step_update(num_updates=self.global_step)
+        else:
+            super().lr_scheduler_step(scheduler, metric)
+
     # ---- checkpoints: trainable weights only, plus RNG state for exact resumption ------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = {f"net.{n}" for n, p in self.net.named_parameters() if p.requires_grad}

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from timm.scheduler.scheduler import Scheduler
+
 
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into a decayed group and a no-decay group (biases and 1-D parameters)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """Trainable parameters in a decayed group and a no-decay group (biases and 1-D parameters): timm's
+    ``param_groups_weight_decay``, with the decayed group first (the order checkpoints' optimizer states have)."""
+    from timm.optim import param_groups_weight_decay
+
+    groups = param_groups_weight_decay(model, weight_decay)
+    return sorted(groups, key=lambda g: g["weight_decay"] == 0.0)
 
 
 def build_adamw(params: Iterable[dict], lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.95),
@@ -28,24 +28,21 @@ def build_adamw(params: Iterable[dict], lr: float = 3e-4, betas: tuple[float, fl
     return torch.optim.AdamW([g for g in params if g["params"]], lr=lr, betas=tuple(betas), eps=eps)
 
 
-def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, warmup_lr: float,
-                     min_lr: float) -> float:
-    """Learning rate at ``step``: linear from ``warmup_lr`` to ``base_lr``, then cosine down to ``min_lr``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def build_warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
                         warmup_epochs: float = 2.0, warmup_lr: float = 5e-7,
-                        min_lr: float = 1e-7) -> torch.optim.lr_scheduler.LambdaLR:
-    """The reference schedule, stepped every iteration; warm-up length is given in epochs."""
-    base_lr = optimizer.param_groups[0]["lr"]
+                        min_lr: float = 1e-7) -> Scheduler:
+    """The reference schedule, per iteration: linear warm-up from ``warmup_lr`` to the optimizer's lr over
+    ``warmup_epochs`` epochs, then a cosine down to ``min_lr`` at ``total_steps`` (timm's ``CosineLRScheduler``,
+    stepped with ``step_update(iteration)``; the LightningModule does that after every optimizer step)."""
+    from timm.scheduler import CosineLRScheduler
+
     warmup_steps = min(total_steps, round(warmup_epochs * steps_per_epoch))
-
-    def factor(step: int) -> float:
-        return warmup_cosine_lr(step, total_steps, warmup_steps, base_lr, warmup_lr, min_lr) / base_lr
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    cosine_steps = max(1, total_steps - warmup_steps)
+    quiet = logging.getLogger("timm.scheduler.cosine_lr")  # warns for a one-step cosine (debug runs of one batch)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return CosineLRScheduler(optimizer, t_initial=cosine_steps, lr_min=min_lr, warmup_t=warmup_steps,
+                                 warmup_lr_init=warmup_lr, warmup_prefix=True, t_in_epochs=False)
+    finally:
+        quiet.setLevel(level)
