@@ -116,28 +116,41 @@ def _score_function(net: nn.Module, probability: Probability | None, output: str
     return score
 
 
-def _exact_log_odds(probability: Probability) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """logits -> log-odds without going through p, for the probabilities the suite knows: the default softmax
-    and a training loss's ``positive_probability`` (softmax, or one sigmoid per class); None for others."""
+def log_probabilities(loss: Any, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(log p, log(1 - p)) of P(pneumoconiosis) straight from the logits, for the suite's losses (softmax, or one
+    sigmoid per class, as ``positive_probability`` defines p); None for a loss whose p is defined otherwise."""
     from pneumollm.training.losses import ClassificationLoss, MultiLabelBCELoss
 
-    index = 1
-    if probability is not softmax_probability:
-        loss = getattr(probability, "__self__", None)
-        if not isinstance(loss, ClassificationLoss) or getattr(probability, "__name__", "") != "positive_probability":
-            return None
-        index = loss.positive_index
-        if isinstance(loss, MultiLabelBCELoss):
-            if type(loss).positive_probability is not MultiLabelBCELoss.positive_probability:
-                return None
-            return lambda logits: logits[:, index]  # sigmoid(l) has log-odds l
-        if type(loss).positive_probability is not ClassificationLoss.positive_probability:
-            return None
+    own = type(loss).positive_probability if isinstance(loss, ClassificationLoss) else None
+    index = getattr(loss, "positive_index", 1)
+    if isinstance(loss, MultiLabelBCELoss) and own is MultiLabelBCELoss.positive_probability:
+        column = logits[:, index]
+        return nn.functional.logsigmoid(column), nn.functional.logsigmoid(-column)
+    if own is ClassificationLoss.positive_probability:
+        log_softmax = logits.log_softmax(dim=-1)
+        others = torch.cat([log_softmax[:, :index], log_softmax[:, index + 1:]], dim=1)
+        return log_softmax[:, index], others.logsumexp(dim=1)
+    return None
 
-    def softmax_log_odds(logits: torch.Tensor) -> torch.Tensor:  # l_i - logsumexp(the other logits)
-        others = torch.cat([logits[:, :index], logits[:, index + 1:]], dim=1)
-        return logits[:, index] - others.logsumexp(dim=1)
-    return softmax_log_odds
+
+def _exact_log_odds(probability: Probability) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """logits -> log-odds without going through p, for the probabilities the suite knows: the default softmax
+    and a training loss's ``positive_probability`` (see :func:`log_probabilities`); None for others."""
+    from pneumollm.training.losses import ClassificationLoss
+
+    if probability is softmax_probability:
+        loss: Any = ClassificationLoss()
+    else:
+        loss = getattr(probability, "__self__", None)
+        if getattr(probability, "__name__", "") != "positive_probability":
+            return None
+    if log_probabilities(loss, torch.zeros(1, 2)) is None:
+        return None
+
+    def log_odds(logits: torch.Tensor) -> torch.Tensor:
+        log_p, log_q = log_probabilities(loss, logits)  # type: ignore[misc]
+        return log_p - log_q
+    return log_odds
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumollm.inference.explain import attribution_maps, forward_passes, write_explanation
+from pneumollm.inference.explain import attribution_maps, forward_passes, log_probabilities, write_explanation
 from pneumollm.inference.inputs import InputFilm, write_rows
 from pneumollm.inference.models import TrainedModel
 from pneumollm.utils.progress import progress_bar
@@ -47,18 +47,10 @@ class EnsembleLogits(nn.Module):
 
 
 def _log_probabilities(loss: Any, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p, log(1 - p)) of the positive class, exactly for the suite's softmax and sigmoid losses."""
-    from pneumollm.training.losses import ClassificationLoss, MultiLabelBCELoss
-
-    index = getattr(loss, "positive_index", 1)
-    own = type(loss).positive_probability if isinstance(loss, ClassificationLoss) else None
-    if isinstance(loss, MultiLabelBCELoss) and own is MultiLabelBCELoss.positive_probability:
-        column = logits[:, index]
-        return nn.functional.logsigmoid(column), nn.functional.logsigmoid(-column)
-    if own is ClassificationLoss.positive_probability:
-        log_softmax = logits.log_softmax(dim=-1)
-        others = torch.cat([log_softmax[:, :index], log_softmax[:, index + 1:]], dim=1)
-        return log_softmax[:, index], others.logsumexp(dim=1)
+    """(log p, log(1 - p)) of the positive class: exact for the suite's losses, else from a clamped p."""
+    exact = log_probabilities(loss, logits)
+    if exact is not None:
+        return exact
     p = loss.positive_probability(logits).float().clamp(1e-7, 1 - 1e-7)
     return p.log(), (1 - p).log()
 
