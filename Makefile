@@ -19,14 +19,21 @@ BY ?=
 RESULTS ?= results
 TABLES := table2 table3 table4 table5 table6 fig6a fig6b
 DATA_ARGS = $(if $(DATA),data=manifest data.source.manifest=$(abspath $(DATA)),)
+# TASK=multiclass: ILO stages instead of the binary diagnosis (docs/staging.md); TASK=multilabel needs
+# ARGS="data.label_columns=[...]" and a cohort of your own. The demo's stages come with its films.
+TASK ?=
+TASK_ARGS = $(if $(TASK),data.task=$(TASK),)
+DEMO_STUDY = $(OUT)/demo/demo$(if $(filter-out binary,$(TASK)),-$(TASK),)
 
 .PHONY: install demo test test-all lint format clean help paper sync external $(TABLES)
 
 help:
 	@echo "make demo      five-fold cross-validation of the tiny PneumoLLM on the embedded demo cohort (CPU)"
+	@echo "               TASK=multiclass: the staged (ILO 0-3) table instead of the binary one"
 	@echo "make test      the fast test suite (make test-all adds slow and ../shared tests)"
 	@echo "make table6    one paper table or figure (table2..table6, fig6a, fig6b); make paper runs them all"
 	@echo "               SIZE=full (paper models, GPU), DATA=manifest.csv (your cohort), ARGS='key=value ...'"
+	@echo "               TASK=multiclass|multilabel (staged or co-finding labels; docs/staging.md)"
 	@echo "make external  every arm of a finished table on an external cohort: make external TABLE=table6 DATA=x.csv"
 	@echo "make sync      upload the offline W&B runs of a table: make sync TABLE=table6 (no TABLE: the demo)"
 	@echo "make install   create $(VENV) with the suite installed (done automatically by the others)"
@@ -43,12 +50,12 @@ $(STAMP): pyproject.toml
 
 # A sweep whose jobs failed still gets its table of the finished arms; make then exits with the sweep's status.
 demo: install
-	status=0; $(BIN)/pneumollm-train --config-dir experiments --config-name demo -m || status=$$?; \
-	$(BIN)/pneumollm-aggregate $(OUT)/demo --num-folds 5 || status=$$?; exit $$status
+	status=0; $(BIN)/pneumollm-train --config-dir experiments --config-name demo -m $(TASK_ARGS) || status=$$?; \
+	$(BIN)/pneumollm-aggregate $(DEMO_STUDY) --num-folds 5 || status=$$?; exit $$status
 
 $(TABLES): install
 	status=0; $(BIN)/pneumollm-train --config-dir experiments --config-name $@ -m size=$(SIZE) \
-	    paths.results_dir=$(RESULTS) $(DATA_ARGS) $(ARGS) || status=$$?; \
+	    paths.results_dir=$(RESULTS) $(DATA_ARGS) $(TASK_ARGS) $(ARGS) || status=$$?; \
 	$(BIN)/pneumollm-aggregate $(RESULTS)/$@ --table $@ --partial $(if $(BY),--by $(BY),) || status=$$?; exit $$status
 
 paper: $(TABLES)

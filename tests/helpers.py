@@ -204,3 +204,31 @@ def markdown_rows(text: str) -> list[list[str]]:
         if line.startswith("|") and not set(line) <= set("|:- "):
             rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
     return rows
+
+
+def make_staged_manifest(root: Path, patients_per_stage: int = 4, size: int = 40, seed: int = 0,
+                         findings: bool = True) -> Path:
+    """A toy cohort of PNG films whose ILO stage (0-3, written as 0/I/II/III) sets how many bright dots a film
+    carries, with two co-finding columns (``tb`` on every other patient, ``emphysema`` on every third) and a
+    ``pneumoconiosis`` 0/1 column; returns the manifest (``path,patient_id,label,...``)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "films").mkdir(parents=True, exist_ok=True)
+    header = "path,patient_id,label" + (",pneumoconiosis,tb,emphysema" if findings else "")
+    rows = [header]
+    roman = ["0", "I", "II", "III"]
+    for p in range(4 * patients_per_stage):
+        stage = p % 4
+        film = rng.normal(90, 12, (size, size))
+        for _ in range(5 * stage):
+            r, c = rng.integers(2, size - 2, 2)
+            film[r - 2:r + 2, c - 2:c + 2] += 120
+        name = f"films/p{p:03d}.png"
+        Image.fromarray(np.clip(film, 0, 255).astype("uint8")).save(root / name)
+        extra = f",{int(stage >= 1)},{int(p % 2 == 0)},{int(p % 3 == 0)}" if findings else ""
+        rows.append(f"{name},P{p:03d},{roman[stage]}{extra}")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest

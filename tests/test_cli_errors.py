@@ -30,7 +30,7 @@ def test_a_bad_label_ends_with_one_error_line_and_status_2(tmp_path: Path) -> No
     result = _train(tmp_path, "data=manifest", f"data.source.manifest={manifest}")
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "manifest.csv row 3: unknown label value 'unsure'" in last
+    assert last.startswith("error: ") and "manifest.csv row 3, column 'label': unknown label value 'unsure'" in last
     assert "Traceback" not in result.stderr
 
 

@@ -37,7 +37,7 @@ def test_missing_label_or_patient_or_file_is_skipped_with_a_reason(tmp_path: Pat
 def test_unknown_label_is_an_error_naming_the_row(tmp_path: Path) -> None:
     manifest = make_toy_manifest(tmp_path, n_patients=3)
     manifest.write_text(manifest.read_text().replace("P001,normal", "P001,maybe"))
-    with pytest.raises(CohortError, match=r"manifest.csv row 3: unknown label value 'maybe'"):
+    with pytest.raises(CohortError, match=r"manifest.csv row 3, column 'label': unknown label value 'maybe'"):
         read_manifest(manifest)
     extra = read_manifest(manifest, label_map={"maybe": 0})
     assert [r.label for r in extra.records] == [1, 0, 1]

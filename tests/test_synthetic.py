@@ -116,7 +116,7 @@ def test_bad_arguments_are_refused(tmp_path, bad):
 
 def test_default_cohort_size_and_class_ratio(tmp_path):
     rows = read_labels(generate_demo_cohort(tmp_path / "demo", image_size=64, progress=False))
-    assert list(rows[0]) == ["file", "label", "patient_id"]
+    assert list(rows[0]) == ["file", "label", "patient_id", "stage"]
     patients: dict[str, set[str]] = {}
     for row in rows:
         assert row["file"] == f"dicom/{row['patient_id']}/{Path(row['file']).name}"
@@ -284,3 +284,19 @@ def test_follow_up_films_share_the_patient_but_not_the_exposure(small_films):
 def test_mask_path_of_a_non_demo_file_is_refused(small_cohort):
     with pytest.raises(ValueError, match="not a film of the demo cohort"):
         demo_mask_path(small_cohort, "images/x.dcm")
+
+
+def test_stages_are_the_ilo_categories_of_the_positives_and_profusion_rises_with_them(tmp_path):
+    from pneumollm.data.synthetic import _make_anatomy, _plan_patients
+
+    rows = read_labels(generate_demo_cohort(tmp_path / "demo", image_size=64, progress=False))
+    stage_of = {r["patient_id"]: (r["label"], int(r["stage"])) for r in rows}
+    assert all((label == POSITIVE_LABEL) == (stage >= 1) for label, stage in stage_of.values())
+    per_stage = np.bincount([stage for _, stage in stage_of.values()], minlength=4)
+    assert per_stage.tolist()[0] == 30 and (per_stage[1:] >= 5).all()  # every stage fills five folds
+    opacities: dict[int, list[int]] = {1: [], 2: [], 3: []}
+    for patient in _plan_patients(80, 0, 0.63):
+        if patient.positive:
+            opacities[patient.category].append(len(_make_anatomy(0, patient).opacities))
+    means = [np.mean(opacities[c]) for c in (1, 2, 3)]
+    assert means[0] < means[1] < means[2], means  # more opacities at each higher category

@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pneumollm.data.targets import output_count, positive_output, task_cohort
+from pneumollm.models import task_texts
 from pneumollm.models.sizing import SIZES
 
 
@@ -35,6 +37,11 @@ def sized(full: Any, tiny: Any, *, _root_: DictConfig) -> Any:
     return OmegaConf.create(value) if isinstance(value, dict | list) else value
 
 
+def _as_list_node(function: Any) -> Any:
+    """A resolver returning a list, wrapped so OmegaConf stores the list as a list node."""
+    return lambda *args: OmegaConf.create(list(function(*args)))
+
+
 def register_resolvers() -> None:
     """Register the suite's resolvers (idempotent)."""
     if not OmegaConf.has_resolver("data_slug"):
@@ -43,6 +50,17 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("cohort_slug", cohort_slug)
     if not OmegaConf.has_resolver("sized"):
         OmegaConf.register_new_resolver("sized", sized)
+    if not OmegaConf.has_resolver("task_outputs"):
+        OmegaConf.register_new_resolver("task_outputs", output_count)
+    if not OmegaConf.has_resolver("task_positive_output"):
+        OmegaConf.register_new_resolver("task_positive_output", positive_output)
+    if not OmegaConf.has_resolver("task_cohort"):
+        OmegaConf.register_new_resolver("task_cohort", task_cohort)
+    for name, function in (("task_prompts", task_texts.class_prompts), ("task_answers", task_texts.answers)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, _as_list_node(function))
+    if not OmegaConf.has_resolver("task_question"):
+        OmegaConf.register_new_resolver("task_question", task_texts.question)
 
 
 register_resolvers()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pneumollm.data.targets import BINARY, MULTICLASS, MULTILABEL, LabelTask
 from pneumollm.errors import UserError
 from pneumollm.training.records import (
     COMPLETE,
@@ -23,6 +24,7 @@ from pneumollm.training.records import (
     read_job,
     read_metrics,
     run_status,
+    task_column_names,
 )
 
 RUNS_SUBDIR = "runs"  # paper sweeps keep their runs in <study>/runs/<arm>/fold<k>
@@ -38,9 +40,11 @@ class Prediction:
     image_id: str
     patient_id: str
     fold: int
-    label: int
-    prob: float
+    label: int  # any pneumoconiosis (0/1)
+    prob: float  # P(any pneumoconiosis)
     extra: dict[str, str] = field(default_factory=dict)  # the cohort's own columns (site, scanner, ...)
+    target: tuple[int, ...] = ()  # staged / multi-label runs: (stage index,) or one 0/1 per finding
+    outputs: tuple[float, ...] = ()  # staged / multi-label runs: the model's probability of each output
 
 
 @dataclass
@@ -49,17 +53,44 @@ class ArmRuns:
 
     arm: str
     label: str
+    task: str = BINARY
+    classes: tuple[str, ...] = ()  # the task's output names (stages or findings), as the runs recorded them
     folds: dict[int, dict[str, Any]] = field(default_factory=dict)  # fold -> metrics.json
     predictions: list[Prediction] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # fold -> why the fold has no current result
     run_dirs: dict[int, Path] = field(default_factory=dict)
 
 
-def read_predictions(path: Path) -> list[Prediction]:
+def read_predictions(path: Path, task: LabelTask | None = None) -> list[Prediction]:
+    """A run's ``predictions.csv``; ``task``: the run's task, whose columns (``task_column_names``) fill
+    ``target`` and ``outputs`` instead of ``extra``."""
+    task = task or LabelTask()
+    own = {*PREDICTION_COLUMNS, *task_column_names(task)}
     with path.open(newline="", encoding="utf-8") as handle:
         return [Prediction(r["image_id"], r["patient_id"], int(r["fold"]), int(r["label"]), float(r["prob"]),
-                           {k: v for k, v in r.items() if k not in PREDICTION_COLUMNS and k is not None})
+                           {k: v for k, v in r.items() if k not in own and k is not None}, *_task_values(task, r))
                 for r in csv.DictReader(handle)]
+
+
+def _task_values(task: LabelTask, row: dict[str, str]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    if task.task == BINARY:
+        return (), ()
+    if task.task == MULTICLASS:
+        index = {c: k for k, c in enumerate(task.classes)}
+        return (index[row["stage"]],), tuple(float(row[f"prob_stage_{c}"]) for c in task.classes)
+    return (tuple(int(row[f"true_{n}"]) for n in task.label_columns),
+            tuple(float(row[f"prob_{n}"]) for n in task.label_columns))
+
+
+def run_task(info: dict[str, Any]) -> LabelTask:
+    """The task a run's ``metrics.json`` records (binary for runs made before tasks existed)."""
+    task = str(info.get("task") or BINARY)
+    classes = [str(c) for c in info.get("classes") or []]
+    if task == MULTICLASS:
+        return LabelTask(task=task, classes=tuple(classes))
+    if task == MULTILABEL:
+        return LabelTask(task=task, label_columns=tuple(classes))
+    return LabelTask()
 
 
 def run_dirs_under(root: str | Path) -> list[Path]:
@@ -113,6 +144,12 @@ def collect_runs(experiment_dir: str | Path) -> dict[str, ArmRuns]:
             continue
         if fold in arm.folds:
             raise AggregationError(f"arm {arm_name!r} has two runs of fold {fold}: {arm.run_dirs[fold]} and {run_dir}")
+        task = run_task(info)
+        kind = (task.task, task.output_names if task.task != BINARY else ())
+        if arm.folds and kind != (arm.task, arm.classes):
+            raise AggregationError(f"arm {arm_name!r} mixes tasks: {run_dir} is {kind[0]} {list(kind[1])}, its other "
+                                   f"folds {arm.task} {list(arm.classes)}; keep each task in its own folder")
+        arm.task, arm.classes = kind
         arm.failed.pop(fold, None)
         arm.folds[fold] = info
         arm.run_dirs[fold] = run_dir
@@ -120,7 +157,7 @@ def collect_runs(experiment_dir: str | Path) -> dict[str, ArmRuns]:
         predictions = run_dir / PREDICTIONS_FILE
         if not predictions.is_file():
             raise AggregationError(f"{predictions}: missing (the run wrote metrics.json but no predictions)")
-        arm.predictions.extend(read_predictions(predictions))
+        arm.predictions.extend(read_predictions(predictions, task))
     if not arms:
         raise AggregationError(f"{root}: no runs found (no */fold*/metrics.json)")
     check_one_cohort(arms)

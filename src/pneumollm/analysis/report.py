@@ -300,6 +300,15 @@ def table_figures(ordered: list[ArmRuns], rows: list[TableRow], out_dir: Path, t
         figures.append(plot_tsne(features, out_dir / "tsne.png",
                                  f"{table}: t-SNE of head-input features, fold {fold}'s test films "
                                  f"(each arm's fold-{fold} model)"))
+    if any(s.task is not None for s in summaries):
+        from pneumollm.analysis.task_figures import plot_confusion_matrices, plot_output_rocs
+
+        staged = plot_confusion_matrices(summaries, out_dir / "confusion.png",
+                                         f"{table}: pooled out-of-fold confusion matrices")
+        what = "stage" if staged is not None else "finding"
+        rocs = plot_output_rocs(ordered, summaries, out_dir / f"{what}_roc.png",
+                                f"{table}: pooled out-of-fold one-vs-rest ROC per {what}")
+        figures += [f for f in (staged, rocs) if f is not None]
     films, calls = _panel_films(ordered)
     if films:
         figures.append(plot_film_panel(films, calls, out_dir / "films.png",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +63,46 @@ def bootstrap_auc_by_patient(labels: Sequence[int], probs: Sequence[float], pati
     alpha = (1 - confidence) / 2
     low, high = np.quantile(estimates, [alpha, 1 - alpha])
     return Interval(pooled_auc(y, p), float(low), float(high))
+
+
+def bootstrap_by_patient(statistic: Callable[[np.ndarray], dict[str, float]], patients: Sequence[str],
+                         n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
+                         valid: Callable[[np.ndarray], bool] | None = None,
+                         estimate: dict[str, float] | None = None) -> dict[str, Interval]:
+    """Several figures of pooled predictions, each with a percentile bootstrap interval that resamples *patients*.
+
+    ``statistic(indices)`` gives the figures of the films at ``indices`` (a resample, or all films for the point
+    estimate unless ``estimate`` gives it); resamples that ``valid`` rejects (e.g. missing a class) are redrawn,
+    at most ``10 * n_boot`` draws in all. A figure that is NaN in a resample is left out of its interval.
+    """
+    everything = np.arange(len(patients))
+    if estimate is None:
+        estimate = statistic(everything)
+    if valid is not None and not valid(everything):
+        return {k: Interval(v, float("nan"), float("nan")) for k, v in estimate.items()}
+    films_of: dict[str, list[int]] = defaultdict(list)
+    for index, patient in enumerate(patients):
+        films_of[patient].append(index)
+    groups = [np.array(v) for v in films_of.values()]
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = defaultdict(list)
+    kept = attempts = 0
+    while kept < n_boot and attempts < n_boot * 10:
+        attempts += 1
+        idx = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        if valid is not None and not valid(idx):
+            continue
+        kept += 1
+        for key, value in statistic(idx).items():
+            draws[key].append(value)
+    alpha = (1 - confidence) / 2
+    intervals = {}
+    for key, point in estimate.items():
+        values = np.asarray(draws.get(key, []), dtype=np.float64)
+        values = values[~np.isnan(values)]
+        low, high = np.quantile(values, [alpha, 1 - alpha]) if len(values) else (float("nan"), float("nan"))
+        intervals[key] = Interval(float(point), float(low), float(high))
+    return intervals
 
 
 def paired_difference(values: Sequence[float], reference: Sequence[float], confidence: float = 0.95) -> Interval:

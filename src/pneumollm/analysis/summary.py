@@ -6,13 +6,18 @@ import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pneumollm.analysis.auc import pooled_auc
 from pneumollm.analysis.collect import ArmRuns
+from pneumollm.data.targets import BINARY
 from pneumollm.utils.io import atomic_write, atomic_write_text
 from pneumollm.utils.markdown import markdown_table
+
+if TYPE_CHECKING:
+    from pneumollm.analysis.task_summary import TaskSummary
 
 METRICS = ("sensitivity", "specificity", "accuracy", "auc", "avg")
 HEADERS = {"sensitivity": "Sens.", "specificity": "Spec.", "accuracy": "Acc.", "auc": "AUC", "avg": "AVG"}
@@ -31,10 +36,12 @@ class ArmSummary:
     trainable_params: int
     peak_memory_mb: float
     films: int
+    task: TaskSummary | None = None  # staged / multi-label arms: their own figures (binary: None)
 
 
-def summarise_arm(arm: ArmRuns) -> ArmSummary:
-    """Mean and sample std (ddof=1) over folds of each metric, and the pooled out-of-fold AUC."""
+def summarise_arm(arm: ArmRuns, n_boot: int = 2000) -> ArmSummary:
+    """Mean and sample std (ddof=1) over folds of each metric, and the pooled out-of-fold AUC; for a staged or
+    multi-label arm also its task's figures (``task_summary``; ``n_boot`` resamples for their intervals)."""
     folds = sorted(arm.folds)
     per_fold = {f: {m: float(arm.folds[f][f"test/{m}"]) for m in METRICS} for f in folds}
     values = {m: np.array([per_fold[f][m] for f in folds]) for m in METRICS}
@@ -48,7 +55,56 @@ def summarise_arm(arm: ArmRuns) -> ArmSummary:
         trainable_params=int(max(arm.folds[f].get("trainable_params", 0) for f in folds)),
         peak_memory_mb=float(max(arm.folds[f].get("peak_memory_mb", 0.0) for f in folds)),
         films=len(arm.predictions),
+        task=_task_summary(arm, n_boot),
     )
+
+
+def _task_summary(arm: ArmRuns, n_boot: int) -> TaskSummary | None:
+    if arm.task == BINARY:
+        return None
+    from pneumollm.analysis.task_summary import summarise_task
+
+    return summarise_task(arm, n_boot=n_boot)
+
+
+def task_sections(summaries: list[ArmSummary]) -> list[str]:
+    """summary.md's (and table.md's) sections of the staged or multi-label figures; none for binary arms."""
+    labelled = [(s.label, s.task) for s in summaries if s.task is not None]
+    if not labelled:
+        return []
+    from pneumollm.analysis.task_summary import markdown_sections
+
+    return ["", *markdown_sections(labelled)]
+
+
+def _task_csv(s: ArmSummary, fold: int | str) -> dict[str, float | str]:
+    """The task metrics of one summary.csv row: a fold's, the mean or std over folds (with the pooled figure and
+    its interval on the mean row)."""
+    if s.task is None:
+        return {}
+    from pneumollm.analysis.task_summary import metric_names
+
+    names = metric_names(s.task.task)
+    if fold == "mean":
+        values = {m: _number(s.task.mean[m]) for m in names}
+        for m in names:
+            interval = s.task.pooled[m]
+            values |= {f"pooled_{m}": _number(interval.estimate), f"pooled_{m}_ci_low": _number(interval.low),
+                       f"pooled_{m}_ci_high": _number(interval.high)}
+        return values
+    if fold == "std":
+        return {m: _number(s.task.std[m]) for m in names}
+    return {m: _number(s.task.per_fold[int(fold)][m]) for m in names}
+
+
+def _task_fields(summaries: list[ArmSummary]) -> list[str]:
+    tasks = [s.task for s in summaries if s.task is not None]
+    if not tasks:
+        return []
+    from pneumollm.analysis.task_summary import metric_names
+
+    names = metric_names(tasks[0].task)
+    return [*names, *(f"pooled_{m}{end}" for m in names for end in ("", "_ci_low", "_ci_high"))]
 
 
 def _fmt(value: float) -> str:
@@ -90,7 +146,8 @@ def write_summary(summaries: list[ArmSummary], out_dir: str | Path,
     out_dir = Path(out_dir)
     summaries = in_order(summaries, order)
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
-    fields = ["arm", "label", "fold", *METRICS, "pooled_auc", "trainable_params", "peak_memory_mb"]
+    fields = ["arm", "label", "fold", *METRICS, "pooled_auc", "trainable_params", "peak_memory_mb",
+              *_task_fields(summaries)]
 
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as handle:
@@ -101,16 +158,20 @@ def write_summary(summaries: list[ArmSummary], out_dir: str | Path,
                           "peak_memory_mb": round(s.peak_memory_mb, 1)}
                 for fold, metrics in s.per_fold.items():
                     out.writerow({**common, "fold": fold, **{m: _number(metrics[m]) for m in METRICS},
-                                  "pooled_auc": ""})
+                                  "pooled_auc": "", **_task_csv(s, fold)})
                 out.writerow({**common, "fold": "mean", **{m: _number(s.mean[m]) for m in METRICS},
-                              "pooled_auc": _number(s.pooled_auc)})
-                out.writerow({**common, "fold": "std", **{m: _number(s.std[m]) for m in METRICS}, "pooled_auc": ""})
+                              "pooled_auc": _number(s.pooled_auc), **_task_csv(s, "mean")})
+                out.writerow({**common, "fold": "std", **{m: _number(s.std[m]) for m in METRICS}, "pooled_auc": "",
+                              **_task_csv(s, "std")})
 
     atomic_write(csv_path, write_csv)
     rows = summary_rows(summaries)
     header = list(rows[0])
     lines = [markdown_table(header, ([r[h] for h in header] for r in rows))]
     note = ("\nAll figures in percent. Per-fold figures on each fold's test patients; mean ± sample standard "
-            "deviation (ddof=1) over folds; pooled AUC over all out-of-fold predictions together.\n")
-    atomic_write_text(md_path, "\n".join(lines) + "\n" + note)
+            "deviation (ddof=1) over folds; pooled AUC over all out-of-fold predictions together.")
+    if any(s.task is not None for s in summaries):
+        note += (" Sens./Spec./Acc./AUC/AVG: 'any pneumoconiosis' (stage >= 1, or the primary finding) from "
+                 "P(any), the sum of the stage >= 1 probabilities (or the primary finding's sigmoid).")
+    atomic_write_text(md_path, "\n".join([*lines, note, *task_sections(summaries)]) + "\n")
     return csv_path, md_path

@@ -12,7 +12,7 @@ import numpy as np
 
 from pneumollm.analysis.collect import ArmRuns
 from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_difference
-from pneumollm.analysis.summary import METRICS, ArmSummary, summarise_arm
+from pneumollm.analysis.summary import METRICS, ArmSummary, summarise_arm, task_sections
 from pneumollm.utils.io import atomic_write, atomic_write_text
 from pneumollm.utils.markdown import markdown_table
 
@@ -70,7 +70,7 @@ def build_rows(arms: list[ArmRuns], reference: str | None, table: str, n_boot: i
 
     ``full_size`` maps an arm to its full-size trainable parameter count (None: unknown).
     """
-    summaries = {a.arm: summarise_arm(a) for a in arms}
+    summaries = {a.arm: summarise_arm(a, n_boot=n_boot) for a in arms}
     paper_rows = {r.arm: r for r in (paper if paper is not None else load_paper_results()) if r.table == table}
     ref = summaries.get(reference) if reference else None
     rows = []
@@ -178,6 +178,35 @@ def row_values(row: TableRow) -> dict[str, int | float | str]:
     return values
 
 
+def task_csv_columns(rows: list[TableRow]) -> list[str]:
+    """table.csv's columns of a staged or multi-label table (after ``CSV_COLUMNS``): each task metric's mean and
+    std over folds and its pooled figure with the interval; none for a binary table."""
+    tasks = [r.summary.task for r in rows if r.summary.task is not None]
+    if not tasks:
+        return []
+    from pneumollm.analysis.task_summary import metric_names
+
+    return [f"{m}_{stat}" for m in metric_names(tasks[0].task)
+            for stat in ("mean", "std", "pooled", "pooled_ci_low", "pooled_ci_high")]
+
+
+def task_values(row: TableRow) -> dict[str, float | str]:
+    """One row's ``task_csv_columns`` values."""
+    t = row.summary.task
+    if t is None:
+        return {}
+    from pneumollm.analysis.task_summary import metric_names
+
+    values: dict[str, float | str] = {}
+    for m in metric_names(t.task):
+        pooled = t.pooled[m]
+        values |= {f"{m}_mean": _number_or_empty(t.mean[m]), f"{m}_std": _number_or_empty(t.std[m]),
+                   f"{m}_pooled": _number_or_empty(pooled.estimate),
+                   f"{m}_pooled_ci_low": _number_or_empty(pooled.low),
+                   f"{m}_pooled_ci_high": _number_or_empty(pooled.high)}
+    return values
+
+
 def write_table(rows: list[TableRow], out_dir: str | Path, title: str, notes: list[str]) -> tuple[Path, Path]:
     """Write ``table.md`` (formatted cells, ``COLUMNS``) and ``table.csv`` (numbers, ``CSV_COLUMNS``), one row per
     arm in the order of ``rows``."""
@@ -193,13 +222,14 @@ def write_table(rows: list[TableRow], out_dir: str | Path, title: str, notes: li
     shown = [i for i, c in enumerate(COLUMNS) if c not in hidden]
     table = markdown_table([COLUMNS[i] for i in shown], ([cells[i] for i in shown] for cells in body))
     lines = [f"# {title}", "", table]
-    atomic_write_text(md_path, "\n".join([*lines, "", *notes]) + "\n")
+    atomic_write_text(md_path, "\n".join([*lines, "", *notes, *task_sections([r.summary for r in rows])]) + "\n")
+    task_columns = task_csv_columns(rows)
 
     def writer(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as handle:
-            out = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            out = csv.DictWriter(handle, fieldnames=[*CSV_COLUMNS, *task_columns])
             out.writeheader()
-            out.writerows(row_values(r) for r in rows)
+            out.writerows(row_values(r) | task_values(r) for r in rows)
 
     atomic_write(csv_path, writer)
     return md_path, csv_path

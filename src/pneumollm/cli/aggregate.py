@@ -120,11 +120,11 @@ def aggregate_study(study: Path, out_dir: Path, args: argparse.Namespace, consol
     try:
         arms = collect_runs(runs_dir)
         complete_arms, incomplete = split_complete(arms, args.num_folds, args.partial, runs_dir)
-        complete = [summarise_arm(arm) for arm in complete_arms.values()]
+        complete = [summarise_arm(arm, n_boot=args.bootstrap) for arm in complete_arms.values()]
         order = table_arm_order(complete_arms, args.table) if args.table else None
         rows = summary_rows(complete, order=order)  # stored as lists: the manifest's JSON sorts dict keys
         meta = {"key": key, "summary_columns": list(rows[0]), "summary_rows": [list(r.values()) for r in rows],
-                "incomplete": incomplete}
+                "incomplete": incomplete, "task_tables": task_tables(complete, order)}
         with output_set(out_dir, AGGREGATE_SET, meta=meta) as stage:
             write_summary(complete, stage, order=order)
             if args.by:
@@ -150,16 +150,41 @@ def aggregate_study(study: Path, out_dir: Path, args: argparse.Namespace, consol
     return 0
 
 
+def task_tables(summaries: list, order: list[str] | None) -> list[dict]:
+    """The staged / multi-label figures as console tables (title, columns, rows); none for binary arms."""
+    from pneumollm.analysis.summary import in_order
+
+    labelled = [(s.label, s.task) for s in in_order(summaries, order) if s.task is not None]
+    if not labelled:
+        return []
+    from pneumollm.analysis.task_summary import MULTICLASS, headline_rows, output_rows
+
+    what = "staged" if labelled[0][1].task.task == MULTICLASS else "multi-label"
+    tables = []
+    for title, rows in ((f"{what} figures (% except κ)", headline_rows(labelled)),
+                        (f"{what} figures per output (%)", output_rows(labelled))):
+        columns = list(rows[0])
+        tables.append({"title": title, "columns": columns, "rows": [[r.get(c, "") for c in columns] for r in rows]})
+    return tables
+
+
+def _print_rows(console: Console, title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("arm", "stage", "finding") else "right")
+    fold = columns.index("fold") if "fold" in columns else None
+    for row in rows:
+        bold = fold is not None and row[fold] in ("mean ± std", "pooled [95% CI]")
+        table.add_row(*row, style="bold" if bold else None)
+    console.print(table)
+
+
 def show(console: Console, runs_dir: Path, out_dir: Path, meta: dict, args: argparse.Namespace) -> None:
     """The summary (and the table) on the console, from what an aggregation recorded."""
-    table = Table(title=f"{runs_dir}: {args.num_folds}-fold cross-validation (figures in %)")
-    columns = meta["summary_columns"]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "arm" else "right")
-    fold = columns.index("fold")
-    for row in meta["summary_rows"]:
-        table.add_row(*row, style="bold" if row[fold] == "mean ± std" else None)
-    console.print(table)
+    _print_rows(console, f"{runs_dir}: {args.num_folds}-fold cross-validation (figures in %)",
+                meta["summary_columns"], meta["summary_rows"])
+    for recorded in meta.get("task_tables") or []:
+        _print_rows(console, recorded["title"], recorded["columns"], recorded["rows"])
     for name, ps in meta["incomplete"].items():
         console.print(f"[yellow]incomplete arm {name}:[/yellow] " + "; ".join(ps), highlight=False)
     console.print(f"written: {out_dir / 'summary.csv'} and {out_dir / 'summary.md'}", highlight=False)

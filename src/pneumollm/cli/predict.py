@@ -46,7 +46,7 @@ def predict(args: argparse.Namespace) -> int:
 
     from pneumollm.inference.inputs import gather_inputs, prepare_inputs, write_rows
     from pneumollm.inference.models import load_trained
-    from pneumollm.inference.predict import FIRST_COLUMNS, fold_probabilities, pick_device, prediction_rows
+    from pneumollm.inference.predict import FIRST_COLUMNS, fold_predictions, pick_device, prediction_rows
 
     console = make_console()
     device = pick_device(args.device)
@@ -59,8 +59,8 @@ def predict(args: argparse.Namespace) -> int:
     prepare_inputs(films, model.settings, model.lungs, progress=not args.no_progress)
     ready = [f for f in films if f.status == "ok"]
     images = np.stack([f.image for f in ready]) if ready else np.zeros((0, 1, 1), dtype=np.uint8)
-    probs = fold_probabilities(model, images, args.batch_size, progress=not args.no_progress)
-    write_rows(args.out, prediction_rows(model, films, probs), FIRST_COLUMNS)
+    probs, outputs = fold_predictions(model, images, args.batch_size, progress=not args.no_progress)
+    write_rows(args.out, prediction_rows(model, films, probs, outputs), FIRST_COLUMNS)
     skipped = len(films) - len(ready)
     say(f"{len(ready)} films predicted, {skipped} skipped -> {args.out}", console)
     if args.explain and ready:

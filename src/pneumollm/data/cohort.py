@@ -20,24 +20,15 @@ from pathlib import Path
 
 from pneumollm.data.dicom import UnreadableImageError, read_header
 from pneumollm.data.films import RASTER_SUFFIXES, is_dicom
-from pneumollm.errors import UserError
+from pneumollm.data.targets import DEFAULT_LABEL_MAP, CohortError, LabelTask, parse_binary  # noqa: F401 (re-exported)
 
 NORMAL, PNEUMOCONIOSIS = 0, 1
-DEFAULT_LABEL_MAP: dict[str, int] = {
-    "0": NORMAL, "normal": NORMAL, "negative": NORMAL, "no": NORMAL, "false": NORMAL, "healthy": NORMAL,
-    "1": PNEUMOCONIOSIS, "pneumoconiosis": PNEUMOCONIOSIS, "positive": PNEUMOCONIOSIS, "yes": PNEUMOCONIOSIS,
-    "true": PNEUMOCONIOSIS, "sick": PNEUMOCONIOSIS,
-}  # fmt: skip
 
 # Accepted spellings of the columns (compared case-insensitively, spaces and dashes as underscores).
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path")
 PATIENT_COLUMNS = ("patient_id", "patientid", "patient")
 LABEL_COLUMNS = ("label", "diagnosis", "target", "class")
 UID_COLUMNS = ("sop_instance_uid", "sopinstanceuid", "sop_uid")
-
-
-class CohortError(UserError, ValueError):
-    """A cohort definition that cannot be used as given (names the file and row)."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +38,13 @@ class FilmRecord:
     image_id: str  # the film's path relative to the manifest / DICOM folder, POSIX form; unique
     path: Path  # absolute path of the source file
     patient_id: str
-    label: int
+    label: int  # any pneumoconiosis (0/1)
     extra: tuple[tuple[str, str], ...] = ()  # optional manifest columns, kept for the user's analyses
+    target: int | None = None  # what the task trains on (``targets.LabelTask``); None: the label (binary)
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            object.__setattr__(self, "target", self.label)
 
 
 @dataclass(frozen=True)
@@ -80,16 +76,7 @@ def find_column(header: Iterable[str], candidates: tuple[str, ...]) -> str | Non
 
 def parse_label(raw: str | None, label_map: Mapping[str, int], where: str) -> int | None:
     """Map a label cell to 0/1; ``None`` for an empty cell; ``CohortError`` naming ``where`` if unknown."""
-    text = ("" if raw is None else str(raw)).strip()
-    if text == "" or text.lower() in {"nan", "none", "null"}:
-        return None
-    key = text.lower()
-    if key.endswith(".0") and key[:-2].isdigit():
-        key = key[:-2]
-    if key not in label_map:
-        known = ", ".join(sorted(label_map))
-        raise CohortError(f"{where}: unknown label value {text!r}; known values: {known} (set data.label_map to add)")
-    return int(label_map[key])
+    return parse_binary(raw, label_map, where)
 
 
 FALLBACK_ENCODING = "cp1252"
@@ -132,24 +119,29 @@ def read_csv_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]], list
     return list(reader.fieldnames), list(reader), notes
 
 
-def _label_map(extra: Mapping[str, int] | None) -> dict[str, int]:
-    merged = dict(DEFAULT_LABEL_MAP)
-    merged.update({str(k).strip().lower(): int(v) for k, v in (extra or {}).items()})
-    return merged
+def _task(task: LabelTask | None, label_map: Mapping[str, int] | None) -> LabelTask:
+    if task is not None:
+        return task
+    return LabelTask(label_map=dict(label_map or {}))
 
 
-def read_manifest(manifest: str | Path, label_map: Mapping[str, int] | None = None) -> CohortListing:
-    """Read a manifest CSV with columns ``path,patient_id,label`` (paths relative to the manifest)."""
+def read_manifest(manifest: str | Path, label_map: Mapping[str, int] | None = None,
+                  task: LabelTask | None = None) -> CohortListing:
+    """Read a manifest CSV with columns ``path,patient_id,label`` (paths relative to the manifest).
+
+    ``task``: what the labels mean (``targets.LabelTask``: a stage column, finding columns); default binary
+    with ``label_map``'s extra spellings.
+    """
     manifest = Path(manifest).expanduser().resolve()
     header, rows, notes = read_csv_rows(manifest)
     path_col = find_column(header, PATH_COLUMNS)
     patient_col = find_column(header, PATIENT_COLUMNS)
-    label_col = find_column(header, LABEL_COLUMNS)
-    missing = [name for name, col in (("path", path_col), ("patient_id", patient_col), ("label", label_col)) if not col]
+    missing = [name for name, col in (("path", path_col), ("patient_id", patient_col)) if not col]
     if missing:
         raise CohortError(f"{manifest}: missing column(s) {', '.join(missing)}; found {', '.join(header)}")
-    labels = _label_map(label_map)
-    used = {path_col, patient_col, label_col}
+    task = _task(task, label_map)
+    label_cols = task.columns(header, LABEL_COLUMNS, manifest)
+    used = {path_col, patient_col, *label_cols}
     listing = CohortListing(notes=notes)
     seen: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
@@ -163,17 +155,18 @@ def read_manifest(manifest: str | Path, label_map: Mapping[str, int] | None = No
         if image_id in seen:
             raise CohortError(f"{where}: {rel!r} is listed twice (also row {seen[image_id]})")
         seen[image_id] = line
-        label = parse_label(row.get(label_col), labels, where)
+        parsed = task.parse(row, label_cols, where)
         patient = (row.get(patient_col) or "").strip()
         reason = (
-            "missing label" if label is None else "missing patient id" if not patient
+            parsed if isinstance(parsed, str) else "missing patient id" if not patient
             else "file not found" if not path.is_file() else ""
         )  # fmt: skip
         if reason:
             listing.skipped.append(Skipped(image_id, str(path), reason))
             continue
+        target, label = parsed  # type: ignore[misc]
         extra = tuple((k, str(v)) for k, v in row.items() if k not in used and k is not None)
-        listing.records.append(FilmRecord(image_id, path, patient, int(label), extra))  # type: ignore[arg-type]
+        listing.records.append(FilmRecord(image_id, path, patient, label, extra, target))
     return listing
 
 
@@ -183,7 +176,8 @@ def _scan_films(folder: Path) -> list[Path]:
 
 
 def read_dicom_folder(
-    folder: str | Path, labels_csv: str | Path, label_map: Mapping[str, int] | None = None
+    folder: str | Path, labels_csv: str | Path, label_map: Mapping[str, int] | None = None,
+    task: LabelTask | None = None,
 ) -> CohortListing:
     """Read every DICOM file under ``folder`` and label it from ``labels_csv``.
 
@@ -198,13 +192,13 @@ def read_dicom_folder(
     header, rows, notes = read_csv_rows(labels_csv)
     file_col = find_column(header, PATH_COLUMNS)
     uid_col = find_column(header, UID_COLUMNS)
-    label_col = find_column(header, LABEL_COLUMNS)
     patient_col = find_column(header, PATIENT_COLUMNS)
-    if not label_col or not (file_col or uid_col):
+    if not (file_col or uid_col):
         raise CohortError(
-            f"{labels_csv}: need a 'label' column and a 'file' or 'sop_instance_uid' column; found {', '.join(header)}"
+            f"{labels_csv}: need a 'file' or 'sop_instance_uid' column besides the labels; found {', '.join(header)}"
         )
-    labels = _label_map(label_map)
+    task = _task(task, label_map)
+    label_cols = task.columns(header, LABEL_COLUMNS, labels_csv)
     by_file: dict[Path, tuple[int, dict[str, str]]] = {}
     by_uid: dict[str, tuple[int, dict[str, str]]] = {}
     for line, row in enumerate(rows, start=2):
@@ -244,17 +238,18 @@ def read_dicom_folder(
             continue
         line, row = entry
         matched.add(line)
-        label = parse_label(row.get(label_col), labels, f"{labels_csv} row {line}")
+        parsed = task.parse(row, label_cols, f"{labels_csv} row {line}")
         patient = (row.get(patient_col) or "").strip() if patient_col else ""
         if not patient and header_info is not None:
             patient = header_info.patient_id
-        if label is None or not patient:
-            reason = "missing label" if label is None else "missing patient id"
+        if isinstance(parsed, str) or not patient:
+            reason = parsed if isinstance(parsed, str) else "missing patient id"
             listing.skipped.append(Skipped(image_id, str(path), reason))
             continue
-        used = {file_col, uid_col, label_col, patient_col}
+        target, label = parsed
+        used = {file_col, uid_col, patient_col, *label_cols}
         extra = tuple((k, str(v)) for k, v in row.items() if k not in used and k is not None)
-        listing.records.append(FilmRecord(image_id, path, patient, label, extra))
+        listing.records.append(FilmRecord(image_id, path, patient, label, extra, target))
     for key, (line, row) in by_file.items():
         if line not in matched:
             rel = (row.get(file_col) or "").strip() if file_col else ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from functools import cached_property, partial
 from pathlib import Path
@@ -29,6 +29,7 @@ from pneumollm.data.preprocess import (
     read_cohort_index,
 )
 from pneumollm.data.sources import list_cohort
+from pneumollm.data.targets import BINARY, MULTILABEL, LabelTask
 from pneumollm.errors import ConfigError
 from pneumollm.utils.console import say
 from pneumollm.utils.io import sha256_json
@@ -42,8 +43,16 @@ def build_segmenter(lungs: Mapping[str, Any]) -> LungSegmenter:
     return instantiate(node, _convert_="object")
 
 
-# Keys of a batch dict.
-IMAGE, LABEL, INDEX = "image", "label", "index"
+# Keys of a batch dict: LABEL is what the loss trains on (the task's target: a class index, or a multi-hot row
+# of findings), ANY the film's "any pneumoconiosis" 0/1 label that the paper's binary metrics use.
+IMAGE, LABEL, INDEX, ANY = "image", "label", "index", "any"
+
+
+def target_tensor(films: list[PreparedFilm], task: LabelTask) -> torch.Tensor:
+    """The films' training targets: class indices [N] (long), or multi-hot findings [N, L] (float)."""
+    if task.task == MULTILABEL:
+        return torch.tensor([task.multi_hot(f.target) for f in films], dtype=torch.float32).reshape(len(films), -1)
+    return torch.tensor([f.target for f in films], dtype=torch.long)
 
 
 class FilmDataset(Dataset):
@@ -52,10 +61,11 @@ class FilmDataset(Dataset):
     After ``set_inputs`` the items carry those tensors instead of the images (a frozen prefix's features).
     """
 
-    def __init__(self, films: list[PreparedFilm], images: torch.Tensor) -> None:
+    def __init__(self, films: list[PreparedFilm], images: torch.Tensor, task: LabelTask | None = None) -> None:
         self.films = films
         self.images = images
         self.labels = torch.tensor([f.label for f in films], dtype=torch.long)
+        self.targets = target_tensor(films, task or LabelTask())
         self.inputs: torch.Tensor | None = None
 
     def set_inputs(self, inputs: torch.Tensor) -> None:
@@ -70,8 +80,9 @@ class FilmDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {
             IMAGE: self.images[index].float().div_(255.0) if self.inputs is None else self.inputs[index],
-            LABEL: self.labels[index],
+            LABEL: self.targets[index],
             INDEX: index,
+            ANY: self.labels[index],
         }
 
 
@@ -122,7 +133,12 @@ class CohortDataModule(L.LightningDataModule):
         folds_file: str | None = None,
         regenerate_folds: bool = False,
         selection_split: str = "validation",
-        label_map: Mapping[str, int] | None = None,
+        label_map: Mapping[str, int | str] | None = None,
+        task: str = BINARY,
+        classes: Sequence[str] | None = None,
+        label_columns: Sequence[str] | None = None,
+        label_column: str | None = None,
+        num_outputs: int | None = None,
         allowed_modalities: tuple[str, ...] | list[str] = ("CR", "DX", "DR", "RG", "OT"),
         preprocess_workers: int | None = None,
         progress: bool = True,
@@ -154,6 +170,10 @@ class CohortDataModule(L.LightningDataModule):
         self.regenerate_folds = regenerate_folds
         self.selection_split = selection_split
         self.label_map = dict(label_map) if label_map else None
+        self.task = LabelTask.from_config(task, classes, label_columns, label_column, self.label_map)
+        if num_outputs is not None and int(num_outputs) != self.task.num_outputs:
+            raise ConfigError(f"data.num_outputs={num_outputs} but data.task={task} has {self.task.num_outputs} "
+                              f"outputs ({', '.join(self.task.output_names)}); leave data.num_outputs at its default")
         self.preprocess_workers = preprocess_workers
         self.progress = progress
         self.cohort: PreparedCohort | None = None
@@ -169,7 +189,7 @@ class CohortDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if self.cohort is not None:  # already prepared by this instance (the fold runner calls it before fit)
             return
-        listing = list_cohort(self.source, label_map=self.label_map, progress=self.progress)
+        listing = list_cohort(self.source, progress=self.progress, task=self.task)
         for note in listing.notes:
             say(f"[bold]cohort[/bold] note: {note}")
         self.cohort = prepare_cohort(
@@ -178,8 +198,9 @@ class CohortDataModule(L.LightningDataModule):
         )
         for line in self.cohort.summary_lines():
             say(f"[bold]cohort[/bold] {line}")
-        pairs = [(f.patient_id, f.label) for f in self.cohort.films]
-        load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, self.regenerate_folds)
+        pairs = [(f.patient_id, f.target) for f in self.cohort.films]
+        load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, self.regenerate_folds,
+                           task=self.task)
         self.regenerate_folds = False  # once per run, not once per stage
         self._identity = None
 
@@ -193,9 +214,11 @@ class CohortDataModule(L.LightningDataModule):
         if self._identity is None:
             if self.cohort is None:
                 raise RuntimeError("cohort_identity() needs prepare_data() first")
-            films = sorted((f.image_id, f.patient_id, f.label, f.content_hash) for f in self.cohort.films)
-            pairs = [(f.patient_id, f.label) for f in self.cohort.films]
-            assignment = load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed)
+            binary = self.task.task == BINARY  # the binary target is the label: the hash keeps its old form
+            films = sorted((f.image_id, f.patient_id, f.label, f.content_hash) if binary else
+                           (f.image_id, f.patient_id, f.label, f.target, f.content_hash) for f in self.cohort.films)
+            pairs = [(f.patient_id, f.target) for f in self.cohort.films]
+            assignment = load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, task=self.task)
             patients = {p for p, _ in pairs}
             self._identity = {
                 "films": sha256_json(films)[:16], "num_films": len(films),
@@ -219,12 +242,13 @@ class CohortDataModule(L.LightningDataModule):
         if self.datasets:
             return
         films = read_cohort_index(self.cohort_folder)
-        pairs = [(f.patient_id, f.label) for f in films]
-        assignment = load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed)
-        patient_labels: dict[str, int] = {}
-        for patient, label in pairs:
-            patient_labels[patient] = max(label, patient_labels.get(patient, 0))
-        self.split = split_fold(assignment, patient_labels, self.fold, self.val_fraction, self.seed)
+        pairs = [(f.patient_id, f.target) for f in films]
+        assignment = load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, task=self.task)
+        targets: dict[str, list[int]] = {}
+        for patient, target in pairs:
+            targets.setdefault(patient, []).append(target)
+        patient_labels = {patient: self.task.combine(values) for patient, values in targets.items()}
+        self.split = split_fold(assignment, patient_labels, self.fold, self.val_fraction, self.seed, task=self.task)
         test_patients = self.split.test
         val_patients = self.split.test if self.selection_split == "test_fold_reference" else self.split.val
         parts = {"train": self.split.train, "val": val_patients, "test": test_patients}
@@ -232,7 +256,7 @@ class CohortDataModule(L.LightningDataModule):
         for name, patients in parts.items():
             chosen = [i for i, f in enumerate(films) if f.patient_id in patients]
             split_images = torch.from_numpy(np.ascontiguousarray(images[chosen])).unsqueeze(1)
-            self.datasets[name] = FilmDataset([films[i] for i in chosen], split_images)
+            self.datasets[name] = FilmDataset([films[i] for i in chosen], split_images, self.task)
 
     def split_sizes(self) -> dict[str, dict[str, int]]:
         """Films, patients and positives per split (after ``setup``)."""

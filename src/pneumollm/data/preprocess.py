@@ -90,6 +90,11 @@ class PreparedFilm:
     crop_reason: str
     notes: str
     extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # the cohort's own columns
+    target: int | None = None  # what the task trains on (``targets.LabelTask``); None: the label (binary)
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            object.__setattr__(self, "target", self.label)
 
 
 BASE_COLUMNS = tuple(name for name in PreparedFilm.__dataclass_fields__ if name != "extra")
@@ -375,7 +380,7 @@ def prepare_cohort(
             source_path=str(record.path), content_hash=digest,
             file=str(cache.stem(digest).with_suffix(".png").relative_to(folder)),
             crop_status=meta["crop_status"], crop_reason=meta["crop_reason"], notes="; ".join(meta["notes"]),
-            extra={extra_column(k): v for k, v in record.extra},
+            extra={extra_column(k): v for k, v in record.extra}, target=record.target,
         ))
     cohort = PreparedCohort(folder=folder, films=films, skipped=skipped, decoded=len(misses) - decoded_failures)
     write_cohort_index(cohort, settings)
@@ -417,8 +422,9 @@ def read_cohort_index(folder: str | Path) -> list[PreparedFilm]:
 
 def _film(row: dict[str, str]) -> PreparedFilm:
     """A ``cohort.csv`` row: the suite's columns, then the cohort's own ones into ``extra``."""
-    base = {k: row[k] for k in BASE_COLUMNS}
-    return PreparedFilm(**{**base, "label": int(base["label"])},
+    base = {k: row[k] for k in BASE_COLUMNS if k != "target"}
+    target = row.get("target") or base["label"]
+    return PreparedFilm(**{**base, "label": int(base["label"])}, target=int(target),
                         extra={k: v for k, v in row.items() if k not in BASE_COLUMNS and k is not None})
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pneumollm.data.cohort import CohortError, CohortListing, read_dicom_folder, read_manifest
+from pneumollm.data.targets import MULTICLASS, MULTILABEL, LabelTask
 
 SOURCE_KINDS = ("manifest", "dicom_folder", "demo")
+DEMO_STAGE_COLUMN = "stage"  # the demo's labels.csv column of ILO profusion categories (0-3)
 
 
 def _require(source: Mapping[str, Any], key: str) -> str:
@@ -20,14 +23,23 @@ def _require(source: Mapping[str, Any], key: str) -> str:
 
 
 def list_cohort(source: Mapping[str, Any], label_map: Mapping[str, int] | None = None,
-                progress: bool = True) -> CohortListing:
-    """Read the films and labels of the cohort that ``source`` (the ``data.source`` config) describes."""
+                progress: bool = True, task: LabelTask | None = None) -> CohortListing:
+    """Read the films and labels of the cohort that ``source`` (the ``data.source`` config) describes.
+
+    ``task``: how to read the labels (binary by default, with ``label_map``'s extra spellings).
+    """
+    task = task or LabelTask(label_map=dict(label_map or {}))
     kind = source.get("kind")
     if kind == "manifest":
-        return read_manifest(_require(source, "manifest"), label_map=label_map)
+        return read_manifest(_require(source, "manifest"), task=task)
     if kind == "dicom_folder":
-        return read_dicom_folder(_require(source, "folder"), _require(source, "labels"), label_map=label_map)
+        return read_dicom_folder(_require(source, "folder"), _require(source, "labels"), task=task)
     if kind == "demo":
+        if task.task == MULTILABEL:
+            raise CohortError("the demo cohort carries stages, not co-findings: data.task=multilabel needs a cohort "
+                              "of your own with one 0/1 column per finding (data=manifest or data=dicom_folder)")
+        if task.task == MULTICLASS and task.label_column is None:
+            task = replace(task, label_column=DEMO_STAGE_COLUMN)
         from pneumollm.data.synthetic import generate_demo_cohort
 
         out_dir = Path(_require(source, "dir"))
@@ -38,5 +50,5 @@ def list_cohort(source: Mapping[str, Any], label_map: Mapping[str, int] | None =
             include_faulty=bool(source.get("include_faulty", True)),
             signal_strength=float(source.get("signal_strength", 1.0)), progress=progress,
         )
-        return read_dicom_folder(Path(labels).parent / "dicom", labels, label_map=label_map)
+        return read_dicom_folder(Path(labels).parent / "dicom", labels, task=task)
     raise CohortError(f"unknown data.source.kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")

@@ -27,7 +27,7 @@ from pneumollm.utils.io import atomic_write_bytes, png_bytes
 POSITIVE_LABEL = "pneumoconiosis"
 NEGATIVE_LABEL = "normal"
 STAMP_NAME = ".demo_cohort_complete.json"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: labels.csv gains the stage column
 
 CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -729,7 +729,8 @@ def generate_demo_cohort(
     """Write the synthetic demo cohort and return the path of its ``labels.csv``.
 
     Layout: ``out_dir/dicom/<patient_id>/<n>.dcm``, ``out_dir/masks/<patient_id>/<n>.png`` (lungs 255)
-    and ``out_dir/labels.csv`` (columns ``file,label,patient_id``). Same arguments give byte-identical
+    and ``out_dir/labels.csv`` (columns ``file,label,patient_id,stage``; stage: the ILO profusion category 0-3,
+    opacities more numerous and denser with it). Same arguments give byte-identical
     files; a second call with the same arguments finds the completion stamp and writes nothing.
     """
     if n_patients < 2:
@@ -775,10 +776,10 @@ def generate_demo_cohort(
 
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["file", "label", "patient_id"])
+    writer.writerow(["file", "label", "patient_id", "stage"])
     for film in films:
         label = POSITIVE_LABEL if film.patient.positive else NEGATIVE_LABEL
-        writer.writerow([film.relpath, label, film.patient.patient_id])
+        writer.writerow([film.relpath, label, film.patient.patient_id, film.patient.category])
     atomic_write_bytes(labels_csv, table.getvalue().encode())
     atomic_write_bytes(stamp, stamp_text.encode())
     return labels_csv

@@ -117,19 +117,20 @@ def _score_function(net: nn.Module, probability: Probability | None, output: str
 
 
 def log_probabilities(loss: Any, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(log p, log(1 - p)) of P(pneumoconiosis) straight from the logits, for the suite's losses (softmax, or one
-    sigmoid per class, as ``positive_probability`` defines p); None for a loss whose p is defined otherwise."""
+    """(log p, log(1 - p)) of P(pneumoconiosis) straight from the logits, for the suite's losses (a softmax summed
+    over ``positive_columns``, or one sigmoid per output, as ``positive_probability`` defines p); None for a loss
+    whose p is defined otherwise."""
     from pneumollm.training.losses import ClassificationLoss, MultiLabelBCELoss
 
     own = type(loss).positive_probability if isinstance(loss, ClassificationLoss) else None
-    index = getattr(loss, "positive_index", 1)
     if isinstance(loss, MultiLabelBCELoss) and own is MultiLabelBCELoss.positive_probability:
-        column = logits[:, index]
+        column = logits[:, loss.positive_index]
         return nn.functional.logsigmoid(column), nn.functional.logsigmoid(-column)
     if own is ClassificationLoss.positive_probability:
+        columns = loss.positive_columns(logits.shape[-1])
+        rest = [k for k in range(logits.shape[-1]) if k not in columns]
         log_softmax = logits.log_softmax(dim=-1)
-        others = torch.cat([log_softmax[:, :index], log_softmax[:, index + 1:]], dim=1)
-        return log_softmax[:, index], others.logsumexp(dim=1)
+        return log_softmax[:, columns].logsumexp(dim=1), log_softmax[:, rest].logsumexp(dim=1)
     return None
 
 

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.data.preprocess import PreprocessSettings
+from pneumollm.data.targets import BINARY, LabelTask
 from pneumollm.errors import UserError
 from pneumollm.models.components.frozen import frozen_tensor_fingerprints
 from pneumollm.training.records import CONFIG_FILE, METRICS_FILE
@@ -45,6 +46,12 @@ class FoldModel:
         """P(pneumoconiosis) [B] of films [B, 1, H, W] in [0, 1] (on the net's device)."""
         return self.loss.positive_probability(self.net(images).float()).float()
 
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P(pneumoconiosis) [B], each output's probability [B, C]: the stages' or the findings') of films."""
+        logits = self.net(images).float()
+        return self.loss.positive_probability(logits).float(), self.loss.output_probabilities(logits).float()
+
 
 @dataclass
 class TrainedModel:
@@ -60,6 +67,12 @@ class TrainedModel:
     def threshold(self) -> float:
         """The ensemble's cut-off: the mean of the folds' (each fold's own when there is one)."""
         return float(sum(f.threshold for f in self.folds) / len(self.folds))
+
+    @property
+    def task(self) -> LabelTask:
+        """The task the model was trained on (binary for runs made before tasks existed)."""
+        data = self.config.data
+        return LabelTask.from_config(str(data.get("task", BINARY)), data.get("classes"), data.get("label_columns"))
 
     @property
     def lungs(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pneumollm.data.targets import BINARY, MULTICLASS, LabelTask
 from pneumollm.inference.inputs import InputFilm
 from pneumollm.inference.models import TrainedModel
 from pneumollm.utils.progress import progress_bar
@@ -21,32 +22,63 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def fold_probabilities(model: TrainedModel, images: np.ndarray, batch_size: int = 32,
-                       progress: bool = True) -> np.ndarray:
-    """P(pneumoconiosis) of every film for every fold model: [N films, folds] from uint8 images [N, H, W]."""
+def fold_predictions(model: TrainedModel, images: np.ndarray, batch_size: int = 32,
+                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Every fold model's P(pneumoconiosis) [N films, folds] and output probabilities [N, folds, outputs] (the
+    stages' or findings'; the two classes' for a binary model) from uint8 images [N, H, W]."""
     device = next((p.device for f in model.folds for p in f.net.parameters()), torch.device("cpu"))
-    out = np.zeros((len(images), len(model.folds)), dtype=np.float64)
+    probs = np.zeros((len(images), len(model.folds)), dtype=np.float64)
+    outputs: np.ndarray | None = None
     starts = range(0, len(images), batch_size)
     for start in progress_bar(starts, f"predicting {len(images)} films", total=len(starts), enabled=progress):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).unsqueeze(1)
         batch = batch.to(device).float().div_(255.0)
         for k, fold in enumerate(model.folds):
-            out[start:start + len(batch), k] = fold.probabilities(batch).cpu().numpy()
-    return out
+            p, out = fold.predict(batch)
+            if outputs is None:
+                outputs = np.zeros((len(images), len(model.folds), out.shape[-1]), dtype=np.float64)
+            probs[start:start + len(batch), k] = p.cpu().numpy()
+            outputs[start:start + len(batch), k] = out.cpu().numpy()
+    return probs, outputs if outputs is not None else np.zeros((0, len(model.folds), 0))
 
 
-def prediction_rows(model: TrainedModel, films: Sequence[InputFilm], probs: np.ndarray) -> list[dict[str, object]]:
-    """One output row per film (prepared or skipped): ``FIRST_COLUMNS``, then ``prob_fold<k>`` and ``prob_std``
-    for an ensemble, then the manifest's other columns. ``pred`` applies the model's recorded threshold."""
+def fold_probabilities(model: TrainedModel, images: np.ndarray, batch_size: int = 32,
+                       progress: bool = True) -> np.ndarray:
+    """P(pneumoconiosis) of every film for every fold model: [N films, folds] from uint8 images [N, H, W]."""
+    return fold_predictions(model, images, batch_size, progress)[0]
+
+
+def task_prediction(task: LabelTask, outputs: np.ndarray) -> dict[str, object]:
+    """A film's staged or multi-label columns from its (fold-averaged) output probabilities: ``pred_stage`` (the
+    most probable stage) and ``prob_stage_<class>``; or ``prob_<finding>`` and ``pred_<finding>`` (above 0.5)."""
+    if task.task == BINARY:
+        return {}
+    if task.task == MULTICLASS:
+        return {"pred_stage": task.classes[int(np.argmax(outputs))],
+                **{f"prob_stage_{c}": f"{float(p):.6f}" for c, p in zip(task.classes, outputs)}}
+    values: dict[str, object] = {}
+    for name, p in zip(task.label_columns, outputs):
+        values |= {f"prob_{name}": f"{float(p):.6f}", f"pred_{name}": int(p > 0.5)}
+    return values
+
+
+def prediction_rows(model: TrainedModel, films: Sequence[InputFilm], probs: np.ndarray,
+                    outputs: np.ndarray | None = None) -> list[dict[str, object]]:
+    """One output row per film (prepared or skipped): ``FIRST_COLUMNS``, then for a staged or multi-label model
+    its stage or finding columns (``task_prediction``, fold-averaged), then ``prob_fold<k>`` and ``prob_std`` for
+    an ensemble, then the manifest's other columns. ``pred`` applies the model's recorded threshold."""
     rows, index = [], 0
     ensemble = len(model.folds) > 1
+    task = model.task
     for film in films:
         row: dict[str, object] = {"path": film.name, "status": film.status, "reason": film.reason}
         if film.status == "ok":
             values = probs[index]
-            index += 1
             mean = float(values.mean())
             row.update(prob=f"{mean:.6f}", pred=int(mean > model.threshold))
+            if outputs is not None:
+                row.update(task_prediction(task, outputs[index].mean(axis=0)))
+            index += 1
             if ensemble:
                 row.update({f"prob_fold{f.fold}": f"{v:.6f}" for f, v in zip(model.folds, values)})
                 row["prob_std"] = f"{float(values.std(ddof=1)):.6f}"

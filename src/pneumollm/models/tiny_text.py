@@ -21,18 +21,19 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
 # Bump when the tiny artefacts change, so stale caches are rebuilt.
-TINY_FORMAT_VERSION = 1
+TINY_FORMAT_VERSION = 2  # 2: the words of the staged prompts and questions
 MARKER = "pneumollm_tiny.json"
 
 CLIP_BOS, CLIP_EOS, CLIP_PAD, CLIP_UNK = "<|startoftext|>", "<|endoftext|>", "<pad>", "<unk>"
 CLIP_WORDS: tuple[str, ...] = (
     "normal", "pneumoconiosis", "chest", "radiograph", "x", "a", "photo", "of", "an", "image", "the",
-    "lung", "lungs", "film", "ray", "-", ".", ",",
+    "lung", "lungs", "film", "ray", "-", ".", ",", "stage", "0", "1", "2", "3", "i", "ii", "iii",
 )
 LLAMA_BOS, LLAMA_EOS, LLAMA_UNK = "<s>", "</s>", "<unk>"
 LLAMA_WORDS: tuple[str, ...] = (
     "Yes", "No", "yes", "no", "Does", "the", "patient", "have", "pneumoconiosis", "?", "Image", "Question",
     "Answer", "Response", "Instruction", "Input", ":", ".", ",", "a", "chest", "radiograph", "normal",
+    "What", "is", "ILO", "profusion", "category", "0", "1", "2", "3", "Which", "findings", "does", "show",
 )
 
 

@@ -14,11 +14,13 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
 
-from pneumollm.data.datamodule import IMAGE, INDEX, LABEL
+from pneumollm.data.datamodule import ANY, IMAGE, INDEX, LABEL
+from pneumollm.data.targets import BINARY, LabelTask
 from pneumollm.models.base import ImageClassifier
 from pneumollm.models.components.frozen import frozen_tensor_fingerprints
 from pneumollm.training.losses import ClassificationLoss
 from pneumollm.training.optim import weight_decay_groups
+from pneumollm.training.task_metrics import TaskMetrics
 
 METRIC_NAMES = ("sensitivity", "specificity", "accuracy", "auc")
 RUN_IDENTITY_KEY = "pneumollm_run"  # checkpoint entry naming the run (config hash) that wrote it
@@ -76,6 +78,7 @@ class ClassificationModule(L.LightningModule):
         save_features: bool = False,
         run_identity: dict[str, Any] | None = None,
         log_every_step: bool = False,
+        task: LabelTask | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -93,8 +96,12 @@ class ClassificationModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the trainable weights only
         self.val_metrics = paper_metrics(threshold).clone(prefix="val/")
         self.test_metrics = paper_metrics(threshold).clone(prefix="test/")
+        self.task = task or LabelTask()
+        # Staged / multi-label tasks: their own figures on the test films, beside the binary "any" ones.
+        self.test_task_metrics = TaskMetrics(self.task) if self.task.task != BINARY else None
         self._val_losses: list[torch.Tensor] = []
-        self._test_rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._test_rows: list[tuple[torch.Tensor, ...]] = []
+        self.test_confusion: list[list[int]] | None = None  # staged tasks: true stage x predicted stage
         self.collect_validation = False  # keep the validation films' probabilities (to choose a threshold)
         self._val_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._test_features: list[torch.Tensor] = []
@@ -125,9 +132,9 @@ class ClassificationModule(L.LightningModule):
         logits = self._logits(batch[IMAGE]).float()
         self._val_losses.append(self.loss_fn(logits, batch[LABEL]).detach() * len(logits))
         probs = self.loss_fn.positive_probability(logits)
-        self.val_metrics.update(probs, batch[LABEL])
+        self.val_metrics.update(probs, batch[ANY])
         if self.collect_validation:
-            self._val_rows.append((batch[LABEL].detach().cpu(), probs.detach().cpu()))
+            self._val_rows.append((batch[ANY].detach().cpu(), probs.detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_losses:
@@ -152,16 +159,24 @@ class ClassificationModule(L.LightningModule):
         else:
             logits = self._logits(batch[IMAGE])
         probs = self.loss_fn.positive_probability(logits.float())
-        self.test_metrics.update(probs, batch[LABEL])
-        self._test_rows.append((batch[INDEX].detach().cpu(), batch[LABEL].detach().cpu(), probs.detach().cpu()))
+        self.test_metrics.update(probs, batch[ANY])
+        outputs = self.loss_fn.output_probabilities(logits.float())
+        if self.test_task_metrics is not None:
+            self.test_task_metrics.update(outputs, batch[LABEL])
+        self._test_rows.append((batch[INDEX].detach().cpu(), batch[ANY].detach().cpu(), probs.detach().cpu(),
+                                batch[LABEL].detach().cpu(), outputs.detach().cpu()))
 
     def on_test_epoch_end(self) -> None:
         values = self._percent(self.test_metrics.compute(), "test/")
         self.test_metrics.reset()
+        if self.test_task_metrics is not None:
+            values.update({k: torch.tensor(v) for k, v in self.test_task_metrics.compute("test/").items()})
+            self.test_confusion = self.test_task_metrics.confusion()
+            self.test_task_metrics.reset()
         self.log_dict(values)
         self.test_results = {k: float(v) for k, v in values.items()}
-        index, label, prob = (torch.cat(parts).numpy() for parts in zip(*self._test_rows))
-        self.test_predictions = {"index": index, "label": label, "prob": prob}
+        index, label, prob, target, outputs = (torch.cat(parts).numpy() for parts in zip(*self._test_rows))
+        self.test_predictions = {"index": index, "label": label, "prob": prob, "target": target, "outputs": outputs}
         if self._test_features:
             self.test_predictions["features"] = torch.cat(self._test_features).numpy()
         self._test_rows.clear()

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from pneumollm.data.targets import BINARY, MULTICLASS, LabelTask
 from pneumollm.utils.io import atomic_write, atomic_write_json, atomic_write_text, sha256_json
 
 METRICS_FILE = "metrics.json"
@@ -110,11 +111,40 @@ def write_job(run_dir: str | Path, info: Mapping[str, Any]) -> Path:
     return atomic_write_json(Path(run_dir) / JOB_FILE, dict(info))
 
 
-def write_predictions(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write ``predictions.csv`` with one row per test film: ``PREDICTION_COLUMNS``, then any other keys of the
-    rows (the cohort's own columns, e.g. ``site``), sorted."""
+def task_column_names(task: LabelTask) -> list[str]:
+    """The columns a staged or multi-label run adds to ``predictions.csv`` (none for binary): ``stage``,
+    ``pred_stage`` (the most probable stage) and ``prob_stage_<class>`` per stage; or ``true_<finding>``,
+    ``prob_<finding>`` and ``pred_<finding>`` (sigmoid above 0.5) per finding."""
+    if task.task == BINARY:
+        return []
+    if task.task == MULTICLASS:
+        return ["stage", "pred_stage", *(f"prob_stage_{c}" for c in task.classes)]
+    return [f"{kind}_{name}" for name in task.label_columns for kind in ("true", "prob", "pred")]
+
+
+def task_columns(task: LabelTask, target: Any, outputs: Sequence[float]) -> dict[str, Any]:
+    """A test film's ``task_column_names`` values from its target (class index, or multi-hot row) and the
+    model's output probabilities."""
+    if task.task == BINARY:
+        return {}
+    probs = [float(p) for p in outputs]
+    if task.task == MULTICLASS:
+        best = max(range(len(probs)), key=probs.__getitem__)
+        return {"stage": task.classes[int(target)], "pred_stage": task.classes[best],
+                **{f"prob_stage_{c}": f"{p:.6f}" for c, p in zip(task.classes, probs)}}
+    values: dict[str, Any] = {}
+    for name, truth, p in zip(task.label_columns, [round(float(t)) for t in target], probs):
+        values |= {f"true_{name}": truth, f"prob_{name}": f"{p:.6f}", f"pred_{name}": int(p > 0.5)}
+    return values
+
+
+def write_predictions(run_dir: str | Path, rows: Iterable[Mapping[str, Any]],
+                      task: LabelTask | None = None) -> Path:
+    """Write ``predictions.csv`` with one row per test film: ``PREDICTION_COLUMNS``, the task's columns
+    (``task_column_names``), then any other keys of the rows (the cohort's own columns, e.g. ``site``), sorted."""
     rows = list(rows)
-    extra = sorted({k for row in rows for k in row} - set(PREDICTION_COLUMNS))
+    leading = [*PREDICTION_COLUMNS, *task_column_names(task or LabelTask())]
+    extra = [*leading[len(PREDICTION_COLUMNS):], *sorted({k for row in rows for k in row} - set(leading))]
 
     def writer(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as handle:

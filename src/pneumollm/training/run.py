@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumollm.data.datamodule import CohortDataModule
 from pneumollm.errors import ConfigError, UserError, describe, find_user_error
 from pneumollm.models.param_count import ParameterCounts
+from pneumollm.training.losses import check_loss_for_task
 from pneumollm.training.module import RUN_IDENTITY_KEY, ClassificationModule
 from pneumollm.training.prefix_cache import CACHE_DIR, cache_prefix_features, plan_prefix_cache
 from pneumollm.training.records import (
@@ -36,6 +37,7 @@ from pneumollm.training.records import (
     read_job,
     run_status,
     set_aside,
+    task_columns,
     write_config,
     write_failure,
     write_features,
@@ -278,8 +280,16 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     built = time.perf_counter()
     net = instantiate(cfg.model, _convert_="object")
     build_seconds = time.perf_counter() - built
+    task = datamodule.task
+    outputs = getattr(net, "num_classes", task.num_outputs)
+    if int(outputs) != task.num_outputs:
+        raise ConfigError(f"arm {cfg.experiment.arm} has {outputs} outputs but data.task={task.task} needs "
+                          f"{task.num_outputs} ({', '.join(task.output_names)}); its model config sets the count "
+                          "(num_classes, prompts or answers: leave them at their task defaults)")
+    loss = instantiate(cfg.loss)
+    check_loss_for_task(loss, task.task, _choice("loss"))
     module = ClassificationModule(
-        net=net, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optimizer),
+        net=net, loss=loss, optimizer=instantiate(cfg.optimizer), task=task,
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         weight_decay=float(cfg.weight_decay), threshold=threshold_mode(cfg.threshold)[1],
         save_features=bool(cfg.get("save_features", True)), run_identity={"config_hash": chash},
@@ -315,9 +325,10 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     write_predictions(run_dir, (
         {**test_set.films[i].extra, "image_id": test_set.films[i].image_id,
          "patient_id": test_set.films[i].patient_id, "fold": int(cfg.data.fold), "label": int(label),
-         "prob": f"{prob:.6f}", "pred": int(prob > module.threshold)}
-        for i, label, prob in zip(preds["index"].tolist(), preds["label"].tolist(), preds["prob"].tolist())
-    ))
+         "prob": f"{prob:.6f}", "pred": int(prob > module.threshold), **task_columns(task, target, outputs)}
+        for i, label, prob, target, outputs in zip(preds["index"].tolist(), preds["label"].tolist(),
+                                                   preds["prob"].tolist(), preds["target"], preds["outputs"])
+    ), task)
     if "features" in preds:
         write_features(run_dir, preds["features"], preds["label"],
                        [test_set.films[i].image_id for i in preds["index"].tolist()])
@@ -335,6 +346,8 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
         **_selected_validation(module, test_ckpt), **thresholds,
         "splits": sizes, "config_hash": chash, "cohort": datamodule.cohort_identity(), "feature_cache": cache_key,
         "cohort_name": datamodule.cohort_name, "cohort_folder": str(datamodule.cohort_folder.resolve()),
+        "task": task.task, "classes": list(task.output_names),
+        **({"test/confusion": module.test_confusion} if module.test_confusion is not None else {}),
     }
     write_metrics(run_dir, metrics)
     if last_cb is not None and cfg.selection == "best" and last_cb.dirpath:

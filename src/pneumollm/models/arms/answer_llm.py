@@ -24,11 +24,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from pneumollm.models.components.adapters import AdapterSite, attention_sites
 from pneumollm.models.components.llm import LLAMA_ARCHITECTURES
 from pneumollm.models.components.pretrained import load_or_build, load_pretrained
+from pneumollm.models.task_texts import PAPER_ANSWERS, PAPER_QUESTION  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-PAPER_QUESTION = "Does the patient have pneumoconiosis?"
-ANSWERS = ("No", "Yes")  # index 1 = "Yes" = pneumoconiosis
+ANSWERS = PAPER_ANSWERS  # index 1 = "Yes" = pneumoconiosis
 BOS_FIELD = "bos"
 
 TokenizerSource = str | os.PathLike[str] | PreTrainedTokenizerBase

@@ -13,9 +13,9 @@ from transformers.masking_utils import create_causal_mask
 from pneumollm.models.base import InputNormalizer
 from pneumollm.models.components.frozen import resolve_dtype
 from pneumollm.models.components.pretrained import load_pretrained
+from pneumollm.models.task_texts import PAPER_PROMPTS  # noqa: F401 (re-exported)
 
 CLIP_VIT_L14 = "openai/clip-vit-large-patch14"
-PAPER_PROMPTS = ("Normal chest radiograph", "Pneumoconiosis chest radiograph")
 
 ClipSource = str | os.PathLike[str] | CLIPModel
 TokenizerSource = str | os.PathLike[str] | PreTrainedTokenizerBase | None
