@@ -16,6 +16,8 @@ os.environ.setdefault("PNEUMOLLM_CACHE", tempfile.mkdtemp(prefix="pneumollm-cach
 import pytest
 import torch
 
+import pneumollm.config  # noqa: F401  (registers the configs' resolvers, as every console script does)
+
 
 @pytest.fixture(scope="module")
 def tiny_cache_one_thread(tmp_path_factory: pytest.TempPathFactory):

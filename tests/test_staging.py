@@ -377,3 +377,15 @@ def test_the_demo_cohort_reads_its_stages(tmp_path: Path) -> None:
     assert all(r.label == int(r.target >= 1) for r in listing.records)
     with pytest.raises(CohortError, match="multilabel needs a cohort of your own"):
         list_cohort(source, progress=False, task=FINDINGS)
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml")))
+def test_every_model_config_gives_one_output_per_stage(model: str, tmp_path: Path, tiny_cache_one_thread) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["data.task=multiclass", f"model={model}"], run_dir=tmp_path)
+    net = instantiate(cfg.model, _convert_="object")
+    size = 224 if model != "timm_resnet18" else 64
+    with torch.no_grad():
+        assert net.eval()(torch.rand(1, 1, size, size)).shape == (1, 4)
+    assert getattr(net, "num_classes", 4) == 4

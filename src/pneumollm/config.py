@@ -37,30 +37,41 @@ def sized(full: Any, tiny: Any, *, _root_: DictConfig) -> Any:
     return OmegaConf.create(value) if isinstance(value, dict | list) else value
 
 
-def _as_list_node(function: Any) -> Any:
-    """A resolver returning a list, wrapped so OmegaConf stores the list as a list node."""
-    return lambda *args: OmegaConf.create(list(function(*args)))
+def _task_of(root: DictConfig) -> tuple[str, Any, Any]:
+    """(task, classes, label_columns) of a config's ``data`` node; the binary task where it has none (a model
+    YAML loaded on its own, e.g. to count an arm's parameters)."""
+    return (str(OmegaConf.select(root, "data.task", default="binary")),
+            OmegaConf.select(root, "data.classes", default=None),
+            OmegaConf.select(root, "data.label_columns", default=None))
+
+
+def task_prompts(*, _root_: DictConfig) -> Any:
+    """``${task_prompts:}``: the CLIP arms' class prompts for the run's ``data.task`` (``task_texts``)."""
+    return OmegaConf.create(task_texts.class_prompts(*_task_of(_root_)))
+
+
+def task_answers(*, _root_: DictConfig) -> Any:
+    """``${task_answers:}``: the answer-scoring arms' answers for the run's ``data.task``."""
+    return OmegaConf.create(task_texts.answers(*_task_of(_root_)))
+
+
+def task_question(*, _root_: DictConfig) -> str:
+    """``${task_question:}``: the answer-scoring arms' question for the run's ``data.task``."""
+    return task_texts.question(_task_of(_root_)[0])
+
+
+RESOLVERS = {
+    "data_slug": data_slug, "cohort_slug": cohort_slug, "sized": sized,
+    "task_outputs": output_count, "task_positive_output": positive_output, "task_cohort": task_cohort,
+    "task_prompts": task_prompts, "task_answers": task_answers, "task_question": task_question,
+}
 
 
 def register_resolvers() -> None:
     """Register the suite's resolvers (idempotent)."""
-    if not OmegaConf.has_resolver("data_slug"):
-        OmegaConf.register_new_resolver("data_slug", data_slug)
-    if not OmegaConf.has_resolver("cohort_slug"):
-        OmegaConf.register_new_resolver("cohort_slug", cohort_slug)
-    if not OmegaConf.has_resolver("sized"):
-        OmegaConf.register_new_resolver("sized", sized)
-    if not OmegaConf.has_resolver("task_outputs"):
-        OmegaConf.register_new_resolver("task_outputs", output_count)
-    if not OmegaConf.has_resolver("task_positive_output"):
-        OmegaConf.register_new_resolver("task_positive_output", positive_output)
-    if not OmegaConf.has_resolver("task_cohort"):
-        OmegaConf.register_new_resolver("task_cohort", task_cohort)
-    for name, function in (("task_prompts", task_texts.class_prompts), ("task_answers", task_texts.answers)):
+    for name, function in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, _as_list_node(function))
-    if not OmegaConf.has_resolver("task_question"):
-        OmegaConf.register_new_resolver("task_question", task_texts.question)
+            OmegaConf.register_new_resolver(name, function)
 
 
 register_resolvers()

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import CLIPModel
 
+from pneumollm.config import register_resolvers
 from pneumollm.models.base import ImageClassifier
 from pneumollm.models.tiny_text import build_tiny_clip_tokenizer, build_tiny_llama_tokenizer, clip_vit_l14_config
 from pneumollm.paths import conf_dir
@@ -69,6 +70,7 @@ def build_full_on_meta(arm: str, config_dir: Path = DEFAULT_CONFIG_DIR, **overri
     path = Path(config_dir) / f"{arm}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no model config {str(path)!r} for arm {arm!r}")
+    register_resolvers()  # the prompts and answers resolve for the binary task when no data node is given
     full = OmegaConf.load(path).full
     if arm in CLIP_ARMS:
         full = OmegaConf.masked_copy(full, [k for k in full if k not in ("clip", "tokenizer")])

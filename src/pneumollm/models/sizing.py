@@ -19,4 +19,7 @@ def by_size(size: str, full: DictConfig | dict[str, Any], tiny: DictConfig | dic
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {SIZES}")
     chosen = tiny if size == "tiny" and tiny is not None else full
+    from pneumollm.config import register_resolvers  # the task's prompts and answers (a YAML loaded on its own)
+
+    register_resolvers()
     return instantiate(chosen, _convert_="object")

@@ -14,7 +14,7 @@ from pneumollm.data.targets import BINARY, MULTICLASS, LabelTask
 PAPER_PROMPTS = ("Normal chest radiograph", "Pneumoconiosis chest radiograph")
 PAPER_QUESTION = "Does the patient have pneumoconiosis?"
 PAPER_ANSWERS = ("No", "Yes")  # index 1 = "Yes" = pneumoconiosis
-STAGE_QUESTION = "What is the ILO profusion category?"
+STAGE_QUESTION = "Which pneumoconiosis category?"  # in the tiny vocabulary too
 FINDINGS_QUESTION = "Which findings does the radiograph show?"
 
 

@@ -27,13 +27,14 @@ MARKER = "pneumollm_tiny.json"
 CLIP_BOS, CLIP_EOS, CLIP_PAD, CLIP_UNK = "<|startoftext|>", "<|endoftext|>", "<pad>", "<unk>"
 CLIP_WORDS: tuple[str, ...] = (
     "normal", "pneumoconiosis", "chest", "radiograph", "x", "a", "photo", "of", "an", "image", "the",
-    "lung", "lungs", "film", "ray", "-", ".", ",", "stage", "0", "1", "2", "3", "i", "ii", "iii",
+    "lung", "lungs", "film", "ray", "-", ".", ",",
 )
+CLIP_STAGE_WORDS: tuple[str, ...] = ("stage", "0", "1", "2", "3", "i", "ii", "iii")  # staged prompts (issue 14)
 LLAMA_BOS, LLAMA_EOS, LLAMA_UNK = "<s>", "</s>", "<unk>"
 LLAMA_WORDS: tuple[str, ...] = (
     "Yes", "No", "yes", "no", "Does", "the", "patient", "have", "pneumoconiosis", "?", "Image", "Question",
     "Answer", "Response", "Instruction", "Input", ":", ".", ",", "a", "chest", "radiograph", "normal",
-    "What", "is", "ILO", "profusion", "category", "0", "1", "2", "3", "Which", "findings", "does", "show",
+    "Which", "category", "0", "1", "2", "3",  # the staged question and answers; the tiny LLM has 32 ids in all
 )
 
 
@@ -42,9 +43,9 @@ def tiny_cache_dir() -> Path:
     return Path(os.environ.get("PNEUMOLLM_TINY_DIR", "~/.cache/pneumollm/tiny")).expanduser()
 
 
-def build_tiny_clip_tokenizer() -> PreTrainedTokenizerFast:
+def build_tiny_clip_tokenizer(words: Sequence[str] = (*CLIP_WORDS, *CLIP_STAGE_WORDS)) -> PreTrainedTokenizerFast:
     """Lower-casing word-level tokenizer with CLIP's start/end tokens (end token = largest id, as in CLIP)."""
-    vocab_list = [CLIP_UNK, CLIP_PAD, *CLIP_WORDS, CLIP_BOS, CLIP_EOS]
+    vocab_list = [CLIP_UNK, CLIP_PAD, *words, CLIP_BOS, CLIP_EOS]
     vocab = {token: i for i, token in enumerate(vocab_list)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=CLIP_UNK))
     tok.normalizer = normalizers.Lowercase()
@@ -123,12 +124,36 @@ def _save_once(target: Path, kind: str, write: Callable[[Path], None]) -> Path:
 
 
 def build_tiny_clip(seed: int = 0) -> tuple[CLIPModel, PreTrainedTokenizerFast]:
-    """A freshly initialised tiny CLIPModel (from ``seed``) and its tokenizer, in memory."""
-    tokenizer = build_tiny_clip_tokenizer()
+    """A freshly initialised tiny CLIPModel (from ``seed``) and its tokenizer, in memory.
+
+    The model is initialised over the original vocabulary (``CLIP_WORDS``), then the staged prompts' words are
+    spliced into its token embedding from their own generator: every weight the binary prompts use stays what it
+    was before those words existed, so binary results of the CLIP arms did not change with them.
+    """
+    base, tokenizer = build_tiny_clip_tokenizer(CLIP_WORDS), build_tiny_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIPModel(tiny_clip_config(tokenizer))
+        model = CLIPModel(tiny_clip_config(base))
+    _extend_vocabulary(model, base, tokenizer, seed)
     return model.eval(), tokenizer
+
+
+def _extend_vocabulary(model: CLIPModel, base: PreTrainedTokenizerFast, tokenizer: PreTrainedTokenizerFast,
+                       seed: int) -> None:
+    """Give ``model`` (built for ``base``) the vocabulary of ``tokenizer``: known tokens keep their embedding
+    rows, new ones get rows drawn like CLIP's initialisation (normal, std 0.02) from a generator of their own."""
+    old = model.text_model.embeddings.token_embedding.weight.data
+    rows = torch.empty(len(tokenizer), old.shape[1], dtype=old.dtype)
+    generator = torch.Generator().manual_seed(seed + 1)
+    known = base.get_vocab()
+    for token, index in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
+        rows[index] = old[known[token]] if token in known else torch.randn(old.shape[1], generator=generator) * 0.02
+    model.text_model.embeddings.token_embedding = torch.nn.Embedding.from_pretrained(rows, freeze=False)
+    text = model.config.text_config
+    text.vocab_size = len(tokenizer)
+    text.bos_token_id, text.eos_token_id, text.pad_token_id = (tokenizer.bos_token_id, tokenizer.eos_token_id,
+                                                               tokenizer.pad_token_id)
+    model.text_model.eos_token_id = tokenizer.eos_token_id
 
 
 def save_tiny_clip(directory: str | os.PathLike[str] | None = None, seed: int = 0) -> Path:

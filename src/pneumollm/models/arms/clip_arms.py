@@ -71,6 +71,8 @@ class LinearProbeCLIP(ImageClassifier):
     for "normal" makes the two-logit softmax equal ``sigmoid(z)``, i.e. exactly a logistic regression,
     and the BCE on the two logits differs from the logistic loss only by a constant. ``normalize_features``
     L2-normalises the embeddings first (CLIP's own probe used the raw embeddings; the default here).
+    Stages (``num_classes`` > 2): multinomial logistic regression with stage 0 as the reference (logits
+    ``[0, z_1, ..., z_{C-1}]``); findings (``task="multilabel"``): one logistic regression per finding.
     """
 
     def __init__(
@@ -80,11 +82,15 @@ class LinearProbeCLIP(ImageClassifier):
         normalization: str = "clip",
         dtype: str | None = None,
         tokenizer: TokenizerSource = None,
+        num_classes: int = 2,
+        task: str = "binary",
     ) -> None:
         super().__init__()
         self.clip = FrozenCLIP(clip, tokenizer, normalization, dtype)
         self.normalize_features = normalize_features
-        self.probe = nn.Linear(self.clip.embed_dim, 1)
+        self.num_classes = num_classes
+        self.reference_logit = task != "multilabel"  # a softmax over classes: the first one's logit fixed at 0
+        self.probe = nn.Linear(self.clip.embed_dim, num_classes - 1 if self.reference_logit else num_classes)
         nn.init.zeros_(self.probe.weight)
         nn.init.zeros_(self.probe.bias)
 
@@ -106,7 +112,9 @@ class LinearProbeCLIP(ImageClassifier):
         """(logits, the probe's input) from CLIP's image embeddings [B, P]."""
         features = F.normalize(image, dim=-1) if self.normalize_features else image
         z = self.probe(features)
-        return torch.cat([torch.zeros_like(z), z], dim=1), features
+        if not self.reference_logit:
+            return z, features
+        return torch.cat([torch.zeros_like(z[:, :1]), z], dim=1), features
 
 
 class CoOpCLIP(ImageClassifier):
