@@ -69,3 +69,33 @@ def test_tiny_llama_tokenizer_scores_yes_and_no_as_single_tokens(tmp_path) -> No
     assert len(yes) == 1 and len(no) == 1 and yes != no
     question = tokenizer("Does the patient have pneumoconiosis?")["input_ids"]
     assert question[0] == tokenizer.bos_token_id and tokenizer.unk_token_id not in question
+
+
+def test_the_staged_words_leave_the_binary_prompts_features_as_they_were() -> None:
+    from pneumollm.models.tiny_text import CLIP_WORDS, build_tiny_clip, build_tiny_clip_tokenizer, tiny_clip_config
+
+    model, tokenizer = build_tiny_clip(0)
+    base = build_tiny_clip_tokenizer(CLIP_WORDS)  # the vocabulary before the staged prompts' words
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        before = CLIPModel(tiny_clip_config(base)).eval()
+    prompts = ["Normal chest radiograph", "Pneumoconiosis chest radiograph"]
+
+    def features(clip: CLIPModel, tok) -> torch.Tensor:
+        with torch.no_grad():
+            out = clip.get_text_features(**tok(prompts, padding="max_length", max_length=32, return_tensors="pt"))
+        return out if torch.is_tensor(out) else out.pooler_output
+
+    assert torch.equal(features(model, tokenizer), features(before, base))
+    staged = tokenizer(["Stage 2 pneumoconiosis chest radiograph"])["input_ids"][0]
+    assert tokenizer.unk_token_id not in staged and len(tokenizer) > len(base)
+
+
+def test_the_tiny_llama_tokenizer_asks_the_staged_question_within_the_tiny_vocabulary(tmp_path) -> None:
+    from pneumollm.models.task_texts import STAGE_QUESTION, answers
+    from pneumollm.models.tiny import TINY_LLAMA
+
+    tokenizer = load_pretrained(AutoTokenizer, save_tiny_llama_tokenizer(tmp_path / "llama"))
+    assert len(tokenizer) <= TINY_LLAMA["vocab_size"]
+    pieces = tokenizer(" ".join([STAGE_QUESTION, *answers("multiclass", None, None)]))["input_ids"]
+    assert tokenizer.unk_token_id not in pieces
