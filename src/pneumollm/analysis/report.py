@@ -24,6 +24,7 @@ from pneumollm.analysis.figures import (
     plot_tsne,
     select_panel_films,
 )
+from pneumollm.analysis.summary import ArmSummary
 from pneumollm.analysis.tables import (
     TableRow,
     build_rows,
@@ -230,11 +231,13 @@ def threshold_note(arms: list[ArmRuns]) -> str:
 def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, reference: str | None = None,
                     num_folds: int = 5, partial: bool = False, n_boot: int = 2000, title: str | None = None,
                     use_wandb: bool = True, console: Console | None = None,
-                    arms: dict[str, ArmRuns] | None = None, tsne_fold: int | None = None) -> TableReport:
+                    arms: dict[str, ArmRuns] | None = None, tsne_fold: int | None = None,
+                    summaries: dict[str, ArmSummary] | None = None) -> TableReport:
     """Write ``table.md``/``table.csv`` and the figures of ``table`` from its runs under ``runs_dir``.
 
     ``arms``: the runs already collected from ``runs_dir`` (read again when not given). The arms are listed in
     ``table_arm_order``. ``tsne_fold``: the fold whose models the t-SNE figure shows (default: the lowest).
+    ``summaries``: the arms' summaries already made from the same runs with ``n_boot`` resamples.
     """
     console = console or make_console()
     arms = collect_runs(runs_dir) if arms is None else arms
@@ -247,7 +250,8 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
     if reference and reference not in complete:
         console.print(f"[yellow]reference arm {reference!r} is not complete: no paired differences[/yellow]")
         reference = None
-    rows = build_rows(ordered, reference, table, n_boot=n_boot, full_size=_full_size_or_none(console))
+    rows = build_rows(ordered, reference, table, n_boot=n_boot, full_size=_full_size_or_none(console),
+                      summaries=summaries)
     out_dir = Path(out_dir)
     size = OmegaConf.select(sample_config, "size_name", default="?")
     title = title or f"{table} ({size} size, {num_folds}-fold cross-validation)"
@@ -268,6 +272,13 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
                      "(each arm's reduction: docs/arms.md, 'Tiny sizes'; L-para shows the tiny count); they "
                      "exercise the pipeline and are not comparable with the paper's numbers.")
     notes.append(threshold_note(ordered))
+    tasks = {a.task for a in ordered} - {"binary"}
+    if tasks:
+        what = "stage >= 1, P = the sum of the stage >= 1 probabilities" if "multiclass" in tasks else \
+            "the primary finding, P = its sigmoid"
+        notes.append(f"{'Staged' if 'multiclass' in tasks else 'Multi-label'} runs: Sens./Spec./Acc./AUC/AVG are "
+                     f"for any pneumoconiosis ({what}); the paper's columns report its binary task. The task's own "
+                     "figures follow the notes.")
     if incomplete:
         notes.append("Incomplete arms left out: " + "; ".join(p for ps in incomplete.values() for p in ps))
     md_path, csv_path = write_table(rows, out_dir, title, notes)

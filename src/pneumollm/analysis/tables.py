@@ -65,12 +65,14 @@ def _paired(summary: ArmSummary, reference: ArmSummary, metric: str) -> Interval
 
 def build_rows(arms: list[ArmRuns], reference: str | None, table: str, n_boot: int = 2000,
                paper: list[PaperRow] | None = None,
-               full_size: Callable[[str], int | None] | None = None) -> list[TableRow]:
+               full_size: Callable[[str], int | None] | None = None,
+               summaries: dict[str, ArmSummary] | None = None) -> list[TableRow]:
     """Summaries, bootstrap intervals and paired differences for complete arms, in the given order.
 
-    ``full_size`` maps an arm to its full-size trainable parameter count (None: unknown).
+    ``full_size`` maps an arm to its full-size trainable parameter count (None: unknown). ``summaries``: the
+    arms' summaries when already made with the same ``n_boot`` (made here otherwise).
     """
-    summaries = {a.arm: summarise_arm(a, n_boot=n_boot) for a in arms}
+    summaries = {a.arm: (summaries or {}).get(a.arm) or summarise_arm(a, n_boot=n_boot) for a in arms}
     paper_rows = {r.arm: r for r in (paper if paper is not None else load_paper_results()) if r.table == table}
     ref = summaries.get(reference) if reference else None
     rows = []

@@ -136,7 +136,7 @@ def aggregate_study(study: Path, out_dir: Path, args: argparse.Namespace, consol
             if args.table:
                 report = aggregate_table(runs_dir, stage, args.table, reference=args.reference,
                                          num_folds=args.num_folds, partial=args.partial, n_boot=args.bootstrap,
-                                         use_wandb=False, arms=arms)
+                                         use_wandb=False, arms=arms, summaries={s.arm: s for s in complete})
                 meta["table"] = {"title": report.table_md.read_text().splitlines()[0].lstrip("# "),
                                  "cells": report.cells, "has_paper": report.has_paper,
                                  "figures": [f.name for f in report.figures]}

@@ -150,6 +150,7 @@ class LabelTask:
     def from_config(cls, task: str = BINARY, classes: Iterable[object] | None = None,
                     label_columns: Iterable[object] | None = None, label_column: str | None = None,
                     label_map: Mapping[str, int | str] | None = None) -> LabelTask:
+        """The task of a ``data`` config's values (lists may be OmegaConf nodes; None takes the defaults)."""
         return cls(task=str(task), classes=tuple(str(c) for c in (classes or ILO_STAGES)),
                    label_columns=tuple(str(c) for c in (label_columns or ())),
                    label_column=label_column or None, label_map=dict(label_map or {}))
