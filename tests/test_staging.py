@@ -389,3 +389,28 @@ def test_every_model_config_gives_one_output_per_stage(model: str, tmp_path: Pat
     with torch.no_grad():
         assert net.eval()(torch.rand(1, 1, size, size)).shape == (1, 4)
     assert getattr(net, "num_classes", 4) == 4
+
+
+def test_a_multilabel_study_summarises_and_tabulates_each_finding(staged_manifest: Path, tmp_path: Path,
+                                                                 tiny_cache_one_thread) -> None:
+    from pneumollm.analysis.collect import collect_runs, find_studies
+    from pneumollm.analysis.report import aggregate_table
+    from pneumollm.analysis.summary import summarise_arm, write_summary
+    from tests.test_sweeps import _run_sweep_in_process
+
+    extra = ["data.task=multilabel", "data.label_columns=[pneumoconiosis,tb,emphysema]", "data.batch_size=8"]
+    _run_sweep_in_process("table4", tmp_path, staged_manifest, [[*extra, f"arm={a}", f"data.fold={f}"]
+                                                                for a in ("pneumollm", "pneumollm_no_llm")
+                                                                for f in (0, 1)])
+    (study,) = find_studies(tmp_path / "results" / "table4")
+    assert "-multilabel-" in study.name
+    arms = collect_runs(study / "runs")
+    assert {a.task for a in arms.values()} == {"multilabel"}
+    summaries = [summarise_arm(a, n_boot=50) for a in arms.values()]
+    csv_path, md = write_summary(summaries, tmp_path / "summary")
+    assert "## Multi-label (co-finding) figures" in md.read_text() and "finding" in md.read_text()
+    assert {"auc_tb", "pooled_micro_auc_ci_low", "sensitivity_emphysema"} <= set(_rows(csv_path)[0])
+    report = aggregate_table(study / "runs", tmp_path / "table", "table4", num_folds=2, n_boot=50, use_wandb=False)
+    assert "finding_roc.png" in {f.name for f in report.figures}
+    assert "confusion.png" not in {f.name for f in report.figures}
+    assert all(r["macro_auc_pooled"] != "" for r in _rows(report.table_csv))
