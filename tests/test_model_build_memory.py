@@ -13,7 +13,10 @@ def test_one_build_reports_its_peak_and_what_it_kept() -> None:
     one, two = (_child("meta", "tiny_llama", n, None) for n in (1, 2))
     assert (one["build"], one["part"], two["layers"]) == ("meta", "tiny_llama", 2)
     assert two["tensor_bytes"] > one["tensor_bytes"] > 0  # a second decoder layer, no token embedding
-    assert one["peak_above_before_bytes"] >= 0 and one["ru_maxrss_bytes"] >= one["rss_before_bytes"]
+    # Linux counts RSS per CPU and folds the counts in lazily, so VmRSS read before the build can run ahead of the
+    # ru_maxrss read after it by a few hundred kB (seen: 156 kB); the peak still covers what the process held.
+    slack = 4 * 2**20
+    assert one["peak_above_before_bytes"] >= 0 and one["ru_maxrss_bytes"] >= one["rss_before_bytes"] - slack
 
 
 def test_report_gives_the_per_layer_slope_and_fixed_part() -> None:
