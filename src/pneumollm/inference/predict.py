@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pneumollm.data.targets import BINARY, MULTICLASS, LabelTask
 from pneumollm.inference.inputs import InputFilm
 from pneumollm.inference.models import TrainedModel
+from pneumollm.training.records import predicted_columns
 from pneumollm.utils.progress import progress_bar
 
 FIRST_COLUMNS = ("path", "prob", "pred", "status", "reason")
@@ -48,25 +48,11 @@ def fold_probabilities(model: TrainedModel, images: np.ndarray, batch_size: int 
     return fold_predictions(model, images, batch_size, progress)[0]
 
 
-def task_prediction(task: LabelTask, outputs: np.ndarray) -> dict[str, object]:
-    """A film's staged or multi-label columns from its (fold-averaged) output probabilities: ``pred_stage`` (the
-    most probable stage) and ``prob_stage_<class>``; or ``prob_<finding>`` and ``pred_<finding>`` (above 0.5)."""
-    if task.task == BINARY:
-        return {}
-    if task.task == MULTICLASS:
-        return {"pred_stage": task.classes[int(np.argmax(outputs))],
-                **{f"prob_stage_{c}": f"{float(p):.6f}" for c, p in zip(task.classes, outputs)}}
-    values: dict[str, object] = {}
-    for name, p in zip(task.label_columns, outputs):
-        values |= {f"prob_{name}": f"{float(p):.6f}", f"pred_{name}": int(p > 0.5)}
-    return values
-
-
 def prediction_rows(model: TrainedModel, films: Sequence[InputFilm], probs: np.ndarray,
                     outputs: np.ndarray | None = None) -> list[dict[str, object]]:
     """One output row per film (prepared or skipped): ``FIRST_COLUMNS``, then for a staged or multi-label model
-    its stage or finding columns (``task_prediction``, fold-averaged), then ``prob_fold<k>`` and ``prob_std`` for
-    an ensemble, then the manifest's other columns. ``pred`` applies the model's recorded threshold."""
+    its stage or finding columns (``records.predicted_columns``, fold-averaged), then ``prob_fold<k>`` and
+    ``prob_std`` for an ensemble, then the manifest's other columns. ``pred`` applies the model's recorded threshold."""
     rows, index = [], 0
     ensemble = len(model.folds) > 1
     task = model.task
@@ -77,7 +63,7 @@ def prediction_rows(model: TrainedModel, films: Sequence[InputFilm], probs: np.n
             mean = float(values.mean())
             row.update(prob=f"{mean:.6f}", pred=int(mean > model.threshold))
             if outputs is not None:
-                row.update(task_prediction(task, outputs[index].mean(axis=0)))
+                row.update(predicted_columns(task, outputs[index].mean(axis=0)))
             index += 1
             if ensemble:
                 row.update({f"prob_fold{f.fold}": f"{v:.6f}" for f, v in zip(model.folds, values)})

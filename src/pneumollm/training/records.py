@@ -122,20 +122,33 @@ def task_column_names(task: LabelTask) -> list[str]:
     return [f"{kind}_{name}" for name in task.label_columns for kind in ("true", "prob", "pred")]
 
 
-def task_columns(task: LabelTask, target: Any, outputs: Sequence[float]) -> dict[str, Any]:
-    """A test film's ``task_column_names`` values from its target (class index, or multi-hot row) and the
-    model's output probabilities."""
+def predicted_columns(task: LabelTask, outputs: Sequence[float]) -> dict[str, Any]:
+    """A film's predicted stage or findings from the model's output probabilities: ``pred_stage`` (the most
+    probable stage) and ``prob_stage_<class>``, or ``prob_<finding>`` and ``pred_<finding>`` (above 0.5); none
+    for binary. ``pneumollm-predict`` writes these too."""
     if task.task == BINARY:
         return {}
     probs = [float(p) for p in outputs]
     if task.task == MULTICLASS:
         best = max(range(len(probs)), key=probs.__getitem__)
-        return {"stage": task.classes[int(target)], "pred_stage": task.classes[best],
+        return {"pred_stage": task.classes[best],
                 **{f"prob_stage_{c}": f"{p:.6f}" for c, p in zip(task.classes, probs)}}
     values: dict[str, Any] = {}
-    for name, truth, p in zip(task.label_columns, [round(float(t)) for t in target], probs):
-        values |= {f"true_{name}": truth, f"prob_{name}": f"{p:.6f}", f"pred_{name}": int(p > 0.5)}
+    for name, p in zip(task.label_columns, probs):
+        values |= {f"prob_{name}": f"{p:.6f}", f"pred_{name}": int(p > 0.5)}
     return values
+
+
+def task_columns(task: LabelTask, target: Any, outputs: Sequence[float]) -> dict[str, Any]:
+    """A test film's ``task_column_names`` values from its target (class index, or multi-hot row) and the
+    model's output probabilities."""
+    if task.task == BINARY:
+        return {}
+    if task.task == MULTICLASS:
+        truth: dict[str, Any] = {"stage": task.classes[int(target)]}
+    else:
+        truth = {f"true_{name}": round(float(t)) for name, t in zip(task.label_columns, target)}
+    return {**truth, **predicted_columns(task, outputs)}
 
 
 def write_predictions(run_dir: str | Path, rows: Iterable[Mapping[str, Any]],
