@@ -19,7 +19,7 @@ from PIL import Image
 from sklearn.manifold import TSNE
 
 from pneumollm.analysis.collect import ArmRuns
-from pneumollm.analysis.stats import Interval
+from pneumollm.analysis.stats import Interval, patient_resamples
 from pneumollm.analysis.summary import ArmSummary
 from pneumollm.utils.io import atomic_write
 
@@ -86,22 +86,11 @@ def roc_band_by_patient(labels: Sequence[int], probs: Sequence[float], patients:
     if len(np.unique(y)) < 2:
         return None
     grid = np.linspace(0.0, 1.0, grid_points)
-    films_of: dict[str, list[int]] = defaultdict(list)
-    for index, patient in enumerate(patients):
-        films_of[patient].append(index)
-    groups = [np.array(v) for v in films_of.values()]
-    rng = np.random.default_rng(seed)
-    curves: list[np.ndarray] = []
-    attempts = 0
-    while len(curves) < n_boot and attempts < n_boot * 10:
-        attempts += 1
-        idx = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
-        if y[idx].min() == y[idx].max():
-            continue
-        curves.append(roc_at(*roc_points(y[idx], p[idx]), grid))
+    curves = [roc_at(*roc_points(y[idx], p[idx]), grid)
+              for idx in patient_resamples(patients, n_boot, seed, valid=lambda idx: y[idx].min() != y[idx].max())]
     alpha = (1 - confidence) / 2
     low, high = np.quantile(np.stack(curves), [alpha, 1 - alpha], axis=0)
-    return RocBand(grid, roc_at(*roc_points(y, p), grid), low, high, len(curves), len(groups))
+    return RocBand(grid, roc_at(*roc_points(y, p), grid), low, high, len(curves), len(set(patients)))
 
 
 def plot_roc(arms: Sequence[ArmRuns], summaries: Sequence[ArmSummary], path: Path, title: str,

@@ -20,9 +20,7 @@ from pathlib import Path
 
 from pneumollm.data.dicom import UnreadableImageError, read_header
 from pneumollm.data.films import RASTER_SUFFIXES, is_dicom
-from pneumollm.data.targets import DEFAULT_LABEL_MAP, CohortError, LabelTask, parse_binary  # noqa: F401 (re-exported)
-
-NORMAL, PNEUMOCONIOSIS = 0, 1
+from pneumollm.data.targets import CohortError, LabelTask
 
 # Accepted spellings of the columns (compared case-insensitively, spaces and dashes as underscores).
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path")
@@ -72,11 +70,6 @@ def _canonical(name: str) -> str:
 def find_column(header: Iterable[str], candidates: tuple[str, ...]) -> str | None:
     by_canon = {_canonical(h): h for h in header}
     return next((by_canon[c] for c in candidates if c in by_canon), None)
-
-
-def parse_label(raw: str | None, label_map: Mapping[str, int], where: str) -> int | None:
-    """Map a label cell to 0/1; ``None`` for an empty cell; ``CohortError`` naming ``where`` if unknown."""
-    return parse_binary(raw, label_map, where)
 
 
 FALLBACK_ENCODING = "cp1252"
