@@ -33,3 +33,14 @@ def test_dinov2_runs_at_224_pixels() -> None:
     with torch.no_grad():
         assert model(torch.rand(1, 1, 224, 224)).shape == (1, 2)
     assert model.backbone.patch_embed.grid_size == (16, 16)
+
+
+def test_a_checkpoint_missing_a_tensor_is_refused_not_left_at_random(tmp_path) -> None:
+    from pneumollm.models.components.pretrained import WeightsMismatchError
+
+    state = timm.create_model("resnet50", num_classes=1000, **TINY_RESNET).state_dict()
+    state.pop("layer2.0.conv2.weight")
+    torch.save(state, tmp_path / "resnet50_tiny.pth")
+    with pytest.raises(WeightsMismatchError, match=r"1 missing.*missing layer2\.0\.conv2\.weight"):
+        TimmClassifier("resnet50", num_classes=2, checkpoint_path=str(tmp_path / "resnet50_tiny.pth"),
+                       model_kwargs=TINY_RESNET)

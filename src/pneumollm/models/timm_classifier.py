@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pneumollm.models.base import ImageClassifier, InputNormalizer
+from pneumollm.models.components.pretrained import TimmWeights, WeightsNotFoundError, load_pretrained, timm_hub_id
 
 
 def create_timm_model(
@@ -21,17 +22,19 @@ def create_timm_model(
 ) -> nn.Module:
     """``timm.create_model`` with pretrained weights from the hub (``pretrained``) or a local file.
 
-    A ``checkpoint_path`` implies ``pretrained``: timm loads that file through the model's own
-    checkpoint filter (so a DINOv2 checkpoint at 518 px is resampled to ``img_size=224``) and replaces
-    the ImageNet head by a fresh ``num_classes`` head.
+    A ``checkpoint_path`` implies ``pretrained``. Weights load through ``TimmWeights``: the model's own
+    checkpoint filter (so a DINOv2 checkpoint at 518 px is resampled to ``img_size=224``), the ImageNet head
+    replaced by a fresh ``num_classes`` head, and every other tensor loaded or the load refused.
     """
     if checkpoint_path:
         path = Path(checkpoint_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"timm checkpoint {checkpoint_path!r} for {model_name!r} does not exist")
-        model_kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-        pretrained = True
-    return timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes, **model_kwargs)
+            raise WeightsNotFoundError(f"timm checkpoint {checkpoint_path!r} for {model_name!r} does not exist")
+        return load_pretrained(TimmWeights(model_name, num_classes=num_classes, **model_kwargs), path)
+    if pretrained:
+        return load_pretrained(TimmWeights(model_name, num_classes=num_classes, **model_kwargs),
+                               timm_hub_id(model_name))
+    return timm.create_model(model_name, pretrained=False, num_classes=num_classes, **model_kwargs)
 
 
 class TimmClassifier(ImageClassifier):

@@ -22,8 +22,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from pneumollm.models.components.adapters import AdapterSite, attention_sites
-from pneumollm.models.components.llm import LLAMA_ARCHITECTURES
-from pneumollm.models.components.pretrained import load_or_build, load_pretrained
+from pneumollm.models.components.llm import CAUSAL_LM_TYPES, LLAMA_ARCHITECTURES
+from pneumollm.models.components.pretrained import CheckpointRules, load_or_build, load_pretrained
 from pneumollm.models.task_texts import PAPER_ANSWERS, PAPER_QUESTION  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def build_causal_lm(
     model = load_or_build(LlamaForCausalLM, LlamaConfig, LLAMA_ARCHITECTURES, pretrained=pretrained,
                           name_or_path=name_or_path, architecture=architecture, config_overrides=config_overrides,
                           frozen_dtype=frozen_dtype, attn_implementation=attn_implementation, init_seed=init_seed,
-                          loader=AutoModelForCausalLM).model
+                          loader=AutoModelForCausalLM,
+                          rules=CheckpointRules(model_types=CAUSAL_LM_TYPES, what="causal LLM")).model
     _check_causal_lm(model, str(name_or_path if pretrained else architecture))
     return model
 

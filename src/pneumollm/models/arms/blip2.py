@@ -25,7 +25,7 @@ from pneumollm.models.arms.answer_llm import (
     build_answer_lm,
 )
 from pneumollm.models.base import ImageClassifier, InputNormalizer
-from pneumollm.models.components.encoders import CLIP_ARCHITECTURES
+from pneumollm.models.components.encoders import CLIP_ARCHITECTURES, CLIP_VISION_RULES
 from pneumollm.models.components.pretrained import load_or_build
 
 BLIP2_TEMPLATE = "{image}{bos}Question: {question} Answer:"
@@ -65,7 +65,8 @@ class FrozenClipFeatures(nn.Module):
         model = load_or_build(CLIPVisionModel, CLIPVisionConfig, CLIP_ARCHITECTURES, pretrained=pretrained,
                               name_or_path=name_or_path, architecture=architecture,
                               config_overrides=config_overrides, frozen_dtype=frozen_dtype,
-                              attn_implementation=attn_implementation, init_seed=init_seed).model
+                              attn_implementation=attn_implementation, init_seed=init_seed,
+                              rules=CLIP_VISION_RULES).model
         tower = getattr(model, "vision_model", model)  # transformers 4.x nests the tower, 5.x does not
         num_blocks = len(tower.encoder.layers)
         kept = feature_layer if feature_layer >= 0 else num_blocks + 1 + feature_layer

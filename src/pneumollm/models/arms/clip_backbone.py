@@ -12,7 +12,7 @@ from transformers.masking_utils import create_causal_mask
 
 from pneumollm.models.base import InputNormalizer
 from pneumollm.models.components.frozen import resolve_dtype
-from pneumollm.models.components.pretrained import load_pretrained
+from pneumollm.models.components.pretrained import CheckpointRules, load_checked, load_pretrained
 from pneumollm.models.task_texts import PAPER_PROMPTS  # noqa: F401 (re-exported)
 
 CLIP_VIT_L14 = "openai/clip-vit-large-patch14"
@@ -41,7 +41,7 @@ class FrozenCLIP(nn.Module):
             model = clip
         else:
             kwargs = {"dtype": resolve_dtype(dtype)} if dtype else {}
-            model = load_pretrained(CLIPModel, clip, **kwargs)
+            model = load_checked(CLIPModel, clip, CheckpointRules(model_types={"clip"}, what="CLIP model"), **kwargs)
         if tokenizer is None:
             if isinstance(clip, CLIPModel):
                 raise ValueError("a tokenizer (id, folder or object) is needed when passing a built CLIPModel")

@@ -7,7 +7,6 @@ statistics and returns float32 tokens whatever its frozen weights' dtype.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -24,7 +23,14 @@ from pneumollm.models.components.adapters import (
     fold_repadapters,
 )
 from pneumollm.models.components.frozen import enable_gradient_checkpointing, freeze, resolve_dtype, seeded
-from pneumollm.models.components.pretrained import load_or_build, load_pretrained
+from pneumollm.models.components.pretrained import (
+    CLIP_TEXT_TOWER,
+    CheckpointRules,
+    TimmWeights,
+    load_or_build,
+    load_pretrained,
+    timm_hub_id,
+)
 from pneumollm.models.tiny import TINY_CLIP_VISION
 
 # CLIP ViT-L/14 vision tower at 224 px (openai/clip-vit-large-patch14), for builds without weights.
@@ -41,6 +47,9 @@ CLIP_VIT_L14_VISION: dict[str, Any] = {
     "projection_dim": 768,
 }
 CLIP_ARCHITECTURES: dict[str, dict[str, Any]] = {"vit_l14": CLIP_VIT_L14_VISION, "tiny": TINY_CLIP_VISION}
+# A CLIP vision tower loads from a vision-only folder or a whole CLIP checkpoint (its text tower left out).
+CLIP_VISION_RULES = CheckpointRules(model_types={"clip", "clip_vision_model"}, unused=(CLIP_TEXT_TOWER,),
+                                    what="CLIP vision tower")
 
 
 class VisionEncoder(nn.Module):
@@ -93,7 +102,8 @@ class ClipVisionEncoder(VisionEncoder):
         model = load_or_build(CLIPVisionModel, CLIPVisionConfig, CLIP_ARCHITECTURES, pretrained=pretrained,
                               name_or_path=name_or_path, architecture=architecture,
                               config_overrides=config_overrides, frozen_dtype=frozen_dtype,
-                              attn_implementation=attn_implementation, init_seed=init_seed).model
+                              attn_implementation=attn_implementation, init_seed=init_seed,
+                              rules=CLIP_VISION_RULES).model
         self.model = model
         config = model.config
         self.width = config.hidden_size
@@ -128,36 +138,6 @@ class ClipVisionEncoder(VisionEncoder):
         return fold_repadapters(self.adapter_sites())
 
 
-class _TimmWeights:
-    """Gives ``timm.create_model(pretrained=True)`` the ``from_pretrained`` interface of ``load_pretrained``."""
-
-    __name__ = "timm"
-
-    def __init__(self, model_name: str, **create_kwargs: Any) -> None:
-        self.model_name = model_name
-        self.create_kwargs = create_kwargs
-
-    def from_pretrained(self, target: str, local_files_only: bool = False) -> nn.Module:
-        # local_files_only: timm reads HF_HUB_OFFLINE itself, which is what sets this flag.
-        path = Path(target)
-        if path.is_dir():
-            files = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
-            if not files:
-                raise OSError(f"folder {target!r} holds neither model.safetensors nor pytorch_model.bin")
-            overlay = {"file": str(files[0])}
-        elif path.is_file():
-            overlay = {"file": str(path)}
-        else:
-            overlay = {"hf_hub_id": target}
-        try:
-            return timm.create_model(self.model_name, pretrained=True, pretrained_cfg_overlay=overlay,
-                                     **self.create_kwargs)
-        except RuntimeError as err:  # timm wraps some hub misses; state-dict mismatches stay RuntimeErrors
-            if "Error(s) in loading state_dict" in str(err):
-                raise
-            raise OSError(str(err)) from err
-
-
 class TimmViTEncoder(VisionEncoder):
     """A timm Vision Transformer (e.g. ViT-B/16 or ViT-L/16 from ImageNet-21k), frozen, with RepAdapters.
 
@@ -185,8 +165,8 @@ class TimmViTEncoder(VisionEncoder):
         dtype = resolve_dtype(frozen_dtype)
         kwargs = {"num_classes": 0, **dict(model_kwargs or {})}
         if pretrained:
-            target = name_or_path or f"timm/{model_name}"
-            model = load_pretrained(_TimmWeights(model_name, **kwargs), target)
+            target = name_or_path or timm_hub_id(model_name)
+            model = load_pretrained(TimmWeights(model_name, **kwargs), target)
         else:
             with seeded(init_seed):
                 model = timm.create_model(model_name, pretrained=False, **kwargs)

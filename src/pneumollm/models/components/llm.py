@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoModel, LlamaConfig, LlamaModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from pneumollm.errors import UserError
 from pneumollm.models.components.adapters import (
     AdapterSite,
     AdapterSpec,
@@ -19,7 +21,7 @@ from pneumollm.models.components.adapters import (
     merge_lora,
 )
 from pneumollm.models.components.frozen import autocast_dtype_or, enable_gradient_checkpointing
-from pneumollm.models.components.pretrained import load_or_build
+from pneumollm.models.components.pretrained import LM_HEAD, TOKEN_EMBEDDING, CheckpointRules, load_or_build
 from pneumollm.models.components.quantization import QuantSpec
 from pneumollm.models.tiny import TINY_LLAMA
 
@@ -36,6 +38,11 @@ LLAMA_7B: dict[str, Any] = {
     "hidden_act": "silu",
 }
 LLAMA_ARCHITECTURES: dict[str, dict[str, Any]] = {"llama7b": LLAMA_7B, "tiny": TINY_LLAMA}
+# A trunk checkpoint is any causal LM family transformers knows (AutoModel picks the class from model_type);
+# it must hold every tensor of its base model but the token embedding, and may hold the LM head we never use.
+CAUSAL_LM_TYPES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+TRUNK_RULES = CheckpointRules(model_types=CAUSAL_LM_TYPES, unused=(LM_HEAD,), absent=(TOKEN_EMBEDDING,),
+                              what="decoder-only LLM")
 
 
 class LanguageTrunk(nn.Module):
@@ -97,7 +104,7 @@ class LlamaTrunk(LanguageTrunk):
                               config_overrides=config_overrides, frozen_dtype=frozen_dtype,
                               attn_implementation=attn_implementation, init_seed=init_seed, loader=AutoModel,
                               drop=() if keep_token_embeddings else ("embed_tokens",),
-                              quantization=self.quantization)
+                              quantization=self.quantization, rules=TRUNK_RULES)
         model = build.model
         if pretrained:
             _check_decoder_layout(model, name_or_path)
@@ -165,5 +172,5 @@ def _check_decoder_layout(model: nn.Module, name_or_path: str) -> None:
     ok = layers is not None and len(layers) > 0 and all(
         hasattr(layer, "input_layernorm") and hasattr(layer, "self_attn") for layer in layers)
     if not ok:
-        raise ValueError(f"{name_or_path!r} loaded as {type(model).__name__}, which is not a Llama-family decoder "
+        raise UserError(f"{name_or_path!r} loaded as {type(model).__name__}, which is not a Llama-family decoder "
                          "(expected .layers[i].input_layernorm and .self_attn)")
