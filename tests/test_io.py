@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pneumollm.utils import io
-from pneumollm.utils.io import atomic_write_text, output_set
+from pneumollm.utils.io import atomic_folder, atomic_write_text, output_set
 
 
 @pytest.mark.parametrize("mask", [0o002, 0o022, 0o077])
@@ -42,3 +42,19 @@ def test_an_output_set_replaces_the_previous_set_and_drops_files_it_no_longer_ma
         raise ValueError("interrupted")
     assert (tmp_path / "roc.png").read_text() == "new roc"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".outputs.json", "roc.png"]
+
+
+def test_an_atomic_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), atomic_folder(tmp_path / "out") as stage:
+        (stage / "a.txt").write_text("a")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_folder(tmp_path / "out") as stage:
+        (stage / "a.txt").write_text("a")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.txt"]
+    with pytest.raises(OSError), atomic_folder(tmp_path / "out") as stage:  # never merged into a non-empty folder
+        (stage / "b.txt").write_text("b")
+    with atomic_folder(tmp_path / "out", replace=True) as stage:
+        (stage / "b.txt").write_text("b")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b.txt"] and [p.name for p in tmp_path.iterdir()] == [
+        "out"]

@@ -132,3 +132,27 @@ def output_set(folder: str | Path, name: str = "outputs", meta: dict[str, Any] |
         atomic_write_json(manifest_path, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def atomic_folder(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder that becomes ``path`` when the block ends without an error.
+
+    An error removes the temporary folder and leaves ``path`` as it was. ``path`` may exist only when empty,
+    unless ``replace`` (then the old folder is moved aside, the new one renamed in, and the old one deleted).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes an owner-only folder
+        if path.exists() and (replace or not any(path.iterdir())):
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)  # fails (never merges) when path appeared meanwhile and is not empty
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -65,6 +65,10 @@ def load_pretrained(loader: Any, name_or_path: str | os.PathLike[str], **kwargs:
     local = path.exists()
     if local:
         target = str(path)
+        from pneumollm.models.weights.meta_checkpoint import conversion_hint, is_meta_folder
+
+        if is_meta_folder(path) and not (path / "config.json").exists():
+            raise WeightsNotFoundError(conversion_hint(path))
     elif target.startswith((".", "/", "~")):
         raise WeightsNotFoundError(f"weights folder {target!r} does not exist")
     offline = hub_offline()

@@ -1,0 +1,1 @@
+"""Pretrained weights as users hold them, converted to the Hugging Face folders the suite loads."""
