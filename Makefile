@@ -25,7 +25,7 @@ TASK ?=
 TASK_ARGS = $(if $(TASK),data.task=$(TASK),)
 DEMO_STUDY = $(OUT)/demo/demo$(if $(filter-out binary,$(TASK)),-$(TASK),)
 
-.PHONY: install demo test test-all lint format clean help paper sync external $(TABLES)
+.PHONY: install demo test test-all lint format clean help paper sync external wheelhouse $(TABLES)
 
 help:
 	@echo "make demo      five-fold cross-validation of the tiny PneumoLLM on the embedded demo cohort (CPU)"
@@ -37,6 +37,7 @@ help:
 	@echo "make external  every arm of a finished table on an external cohort: make external TABLE=table6 DATA=x.csv"
 	@echo "make sync      upload the offline W&B runs of a table: make sync TABLE=table6 (no TABLE: the demo)"
 	@echo "make install   create $(VENV) with the suite installed (done automatically by the others)"
+	@echo "make wheelhouse the wheels an offline machine lacks: HAVE=have.txt (its pip freeze) WHEEL_PYTHON=3.12"
 	@echo "make lint      ruff"
 
 install: $(STAMP)
@@ -69,6 +70,16 @@ external: install
 TABLE ?=
 sync: install
 	$(BIN)/python -m pneumollm.analysis.wandb_sync $(if $(TABLE),$(RESULTS)/$(TABLE),$(OUT)/demo)
+
+# Wheels for an offline machine (docs/weights.md, "An offline GPU server"): only what its `pip freeze` (HAVE)
+# lacks, for its Python (WHEEL_PYTHON); without HAVE, a typical PyTorch GPU machine's stack is assumed present.
+WHEELHOUSE ?= wheelhouse
+HAVE ?=
+WHEEL_PYTHON ?= 3.12
+WHEEL_EXTRAS ?=
+wheelhouse:
+	$(PYTHON) tools/wheelhouse.py download $(WHEELHOUSE) --python-version $(WHEEL_PYTHON) \
+	    $(if $(HAVE),--have $(HAVE),) $(if $(WHEEL_EXTRAS),--extras $(WHEEL_EXTRAS),)
 
 test: install
 	$(BIN)/python -m pytest -q

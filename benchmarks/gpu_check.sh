@@ -5,16 +5,43 @@
 #   app/            one short epoch of the real training app at full size on the demo cohort (metrics.json,
 #                   step_times.jsonl, the run's log)
 #   summary.json    all of it in one file, with the exit status of every part
-# Needs only the project's own install (make install; the package registry, no model hub): weights are random.
+# Weights are random (no model hub). Which Python runs it:
+#   - the checkout's .venv (make install) when there is one;
+#   - else $PYTHON (default python3) with the checkout's src/ on PYTHONPATH: an offline GPU server whose Python
+#     already has PyTorch and most of the stack. What it lacks (tools/wheelhouse.py missing) is installed from
+#     the wheel folder $WHEELHOUSE (default ./wheelhouse, made on a connected machine by `make wheelhouse`) into
+#     OUT_DIR/site with `pip install --no-index`: nothing is downloaded, nothing outside OUT_DIR is changed.
 #   benchmarks/gpu_check.sh /tmp/gpu_check
+#   WHEELHOUSE=/media/usb/wheelhouse PYTHON=python3 benchmarks/gpu_check.sh /tmp/gpu_check
 #   GPU_CHECK_TINY=1 benchmarks/gpu_check.sh /tmp/dry_run      # the same steps with tiny models on the CPU
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-if [ ! -x .venv/bin/python ]; then make install >"$out/install.log" 2>&1 || { echo "make install failed: $out/install.log"; exit 1; }; fi
-py=.venv/bin/python
+if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ]; then
+    py=.venv/bin/python
+else
+    py=${PYTHON:-python3}
+    wheelhouse=${WHEELHOUSE:-wheelhouse}
+    if ! lacking=$("$py" tools/wheelhouse.py missing); then
+        if [ ! -d "$wheelhouse" ]; then
+            echo "error: $py lacks what the suite needs:"; echo "$lacking" | sed 's/^/  /'
+            echo "On a machine with a package index: make wheelhouse HAVE=have.txt WHEEL_PYTHON=<this Python's" \
+                 "major.minor> (have.txt = \`$py -m pip freeze\` here), copy wheelhouse/ next to this script's" \
+                 "checkout and run again (or set WHEELHOUSE=/path); or run make install where an index is reachable."
+            exit 2
+        fi
+        echo "== installing what $py lacks from $wheelhouse into $out/site"
+        "$py" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$out/site" "$wheelhouse"/*.whl \
+            || { echo "error: installing from $wheelhouse failed"; exit 2; }
+        export PYTHONPATH="$out/site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+    if ! lacking=$("$py" tools/wheelhouse.py missing); then
+        echo "error: still missing after the wheelhouse:"; echo "$lacking" | sed 's/^/  /'; exit 2
+    fi
+fi
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1
 tiny=${GPU_CHECK_TINY:-0}
 if [ "$tiny" = 1 ]; then
@@ -36,7 +63,7 @@ timeout "${COMPILE_TIMEOUT:-120}" "$py" benchmarks/gpu_check.py --out "$out" --v
     "${step_args[@]}" 2>&1 | tee "$out/compile.log" || status_compile=$?
 echo "== one epoch of the training app at full size on the demo cohort"
 app="$out/app"
-timeout "${APP_TIMEOUT:-120}" .venv/bin/pneumollm-train "${app_args[@]}" logger=csv callbacks.progress=null \
+timeout "${APP_TIMEOUT:-120}" "$py" -m pneumollm.cli.train "${app_args[@]}" logger=csv callbacks.progress=null \
     data.progress=false "paths.root_dir=$app" "hydra.run.dir=$app/run" \
     "+callbacks.step_timer={_target_: pneumollm.training.callbacks.StepTimer, path: $app/run/step_times.jsonl}" \
     >"$app.log" 2>&1 || status_app=$?
