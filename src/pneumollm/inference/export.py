@@ -4,7 +4,9 @@ The folder holds only what training produced (the trainable weights of every fol
 parameters, about 11 MB, for the paper's PneumoLLM), each fold's resolved config, the preprocessing settings,
 the base weights' ids or folders with per-tensor fingerprints, the folds' metrics with the pooled AUC's interval,
 and a model card. The frozen base weights come from their source again when the export is loaded, and are refused
-when they differ from the recorded ones.
+when they differ from the recorded ones. ``pneumollm-import-reference`` writes the same format from the authors'
+published checkpoint (``write_fold``, ``export_record``, ``write_record``; the record's ``imported`` entry says
+where the weights came from, and the model card shows it).
 """
 
 from __future__ import annotations
@@ -53,8 +55,6 @@ def _base_weights(config: Any) -> dict[str, Any]:
 
 def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the export of the arm folder ``arm_dir`` (``fold*/`` finished runs) into ``out_dir``."""
-    from safetensors.torch import save_file
-
     from pneumollm.analysis.collect import read_predictions
     from pneumollm.analysis.stats import bootstrap_auc_by_patient
 
@@ -70,11 +70,7 @@ def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
         fold = int(metrics["fold"])
         checkpoint = metrics.get("checkpoint")
         state = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True) if checkpoint else {}
-        weights = {k: v.contiguous() for k, v in state.get("state_dict", {}).items()}
-        weights_file = f"fold{fold}.safetensors"
-        atomic_write(out_dir / weights_file, lambda tmp, w=weights: save_file(w, str(tmp)))
-        atomic_write_text(out_dir / f"fold{fold}.yaml", OmegaConf.to_yaml(config))
-        folds.append({"fold": fold, "weights": weights_file, "config": f"fold{fold}.yaml",
+        folds.append({**write_fold(out_dir, fold, state.get("state_dict", {}), config),
                       "threshold": float(metrics.get("threshold", 0.5)),
                       "threshold_mode": metrics.get("threshold_mode", "fixed"),
                       "selected_epoch": metrics.get("selected_epoch"),
@@ -87,32 +83,66 @@ def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
                                       [p.patient_id for p in predictions]) if predictions else None
     summary = {key: {"mean": sum(f["metrics"][key] for f in folds) / len(folds)} for key in METRIC_KEYS
                if all(key in f["metrics"] for f in folds)}
-    record = {"format": EXPORT_FORMAT, "suite_version": pneumollm.__version__,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "arm": str(configs[0].experiment.arm), "label": str(configs[0].experiment.get("label", "")),
-              "experiment": str(configs[0].experiment.name), "size": str(configs[0].get("size_name", "?")),
-              "cohort": str(configs[0].data.get("cohort", "?")), "folds": folds,
-              "base_weights": _base_weights(configs[0]), "preprocessing": asdict(preprocess_settings(configs[0])),
-              "summary": summary, "pooled_auc": None if pooled is None else
+    record = {**export_record(configs[0], folds), "summary": summary, "pooled_auc": None if pooled is None else
               {"estimate": pooled.estimate, "ci_low": pooled.low, "ci_high": pooled.high}}
+    return write_record(out_dir, record)
+
+
+def write_fold(out_dir: Path, fold: int, weights: dict[str, torch.Tensor], config: Any) -> dict[str, Any]:
+    """Write one fold's trainable weights (``fold<k>.safetensors``, keys ``net.*``) and resolved config
+    (``fold<k>.yaml``); returns the start of its ``export.json`` entry."""
+    from safetensors.torch import save_file
+
+    weights = {k: v.contiguous() for k, v in weights.items()}
+    weights_file = f"fold{fold}.safetensors"
+    atomic_write(out_dir / weights_file, lambda tmp: save_file(weights, str(tmp)))
+    atomic_write_text(out_dir / f"fold{fold}.yaml", OmegaConf.to_yaml(config))
+    return {"fold": fold, "weights": weights_file, "config": f"fold{fold}.yaml"}
+
+
+def export_record(config: Any, folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``export.json`` fields every export has, from one fold's resolved config and the folds' entries."""
+    return {"format": EXPORT_FORMAT, "suite_version": pneumollm.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "arm": str(config.experiment.arm), "label": str(config.experiment.get("label", "")),
+            "experiment": str(config.experiment.name), "size": str(config.get("size_name", "?")),
+            "cohort": str(config.data.get("cohort", "?")), "folds": folds,
+            "base_weights": _base_weights(config), "preprocessing": asdict(preprocess_settings(config))}
+
+
+def write_record(out_dir: Path, record: dict[str, Any]) -> Path:
+    """Write ``export.json`` and the model card (``README.md``) of an export folder; returns the folder."""
     atomic_write_json(out_dir / EXPORT_FILE, record)
     atomic_write_text(out_dir / "README.md", model_card(record))
     return out_dir
 
 
 def model_card(record: dict[str, Any]) -> str:
-    """The export's README: what it is, what it was trained and validated on, how to load it."""
+    """The export's README: what it is, where its weights come from, how it was validated, how to load it."""
+    imported = record.get("imported")
+    lines = _imported_card_lines(record) if imported else _trained_card_lines(record)
+    return "\n".join([*lines, *usage_lines(not imported or imported["base_weights_checked"])]) + "\n"
+
+
+def base_weight_lines(record: dict[str, Any]) -> list[str]:
+    """One Markdown bullet per frozen backbone: its hub id or folder, or its seeded random build."""
+    lines = []
+    for part, base in record["base_weights"].items():
+        source = base.get("name_or_path") if base.get("pretrained") else f"random {base.get('architecture')} " \
+                 f"(seed {base.get('init_seed')})"
+        lines.append(f"- {part}: `{source}`")
+    return lines
+
+
+def _trained_card_lines(record: dict[str, Any]) -> list[str]:
     folds = record["folds"]
     lines = [f"# {record['label'] or record['arm']} ({record['arm']}): a PneumoLLM suite model", "",
              f"Exported on {record['created']} by pneumollm {record['suite_version']} from the study "
              f"`{record['experiment']}` ({record['size']} size) on the cohort `{record['cohort']}`.", "",
              "## What it is", "",
              f"An ensemble of {len(folds)} fold models (patient-level {len(folds)}-fold cross-validation): each "
-             "fold's trainable weights (`fold<k>.safetensors`) on top of frozen base weights that are not included:"]
-    for part, base in record["base_weights"].items():
-        source = base.get("name_or_path") if base.get("pretrained") else f"random {base.get('architecture')} " \
-                 f"(seed {base.get('init_seed')})"
-        lines.append(f"- {part}: `{source}`")
+             "fold's trainable weights (`fold<k>.safetensors`) on top of frozen base weights that are not included:",
+             *base_weight_lines(record)]
     lines += ["", "## How it was validated", "",
               "Each fold model was selected on validation patients carved from its training patients and tested "
               "once on its held-out fold.", "",
@@ -126,13 +156,72 @@ def model_card(record: dict[str, Any]) -> str:
     if record["size"] == "tiny":
         lines += ["", "**Tiny size**: small randomly initialised stand-ins for the paper's models, a pipeline "
                       "check; its figures are not evidence about the method."]
-    lines += ["", "## How to use it", "", "```bash", "pneumollm-predict THIS_FOLDER films/ --out predictions.csv",
-              "# base weights elsewhere than on the training machine:",
-              "pneumollm-predict THIS_FOLDER films/ --out predictions.csv \\",
-              "    --set model.encoder.name_or_path=/models/clip model.llm.name_or_path=/models/llama-7b", "```", "",
-              "Films are preprocessed as in training (`export.json`, `preprocessing`); the frozen base weights are "
-              "checked against the fingerprints recorded at training time and refused when they differ."]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+REFERENCE_ARGS_SHOWN = ("multiscale", "RPO_K", "adapter_dim", "hidden_proj", "adapter_type", "visual_adapter_type",
+                        "bits", "llm_model")
+
+
+def _imported_card_lines(record: dict[str, Any]) -> list[str]:
+    """The card of weights trained elsewhere (``record['imported']``, written by ``pneumollm-import-reference``)."""
+    imported, folds = record["imported"], record["folds"]
+    checkpoints = imported["checkpoints"]
+    lines = [f"# {record['label'] or record['arm']} ({record['arm']}): the authors' published weights, imported", "",
+             f"Imported on {record['created']} by pneumollm {record['suite_version']} from {imported['source']}: "
+             f"**{imported['note']}** ({record['size']} size).", "",
+             "## What it is", "",
+             f"{len(folds)} model(s), one per imported checkpoint (`fold<k>.safetensors`; several are averaged as an "
+             "ensemble): the paper's PneumoLLM with the authors' trained adapters, CMTE, neck and head, on top of "
+             "frozen base weights that are not included:", *base_weight_lines(record), ""]
+    if imported["base_weights_checked"]:
+        lines.append("The base weights were fingerprinted at import from the sources above, and later loads are "
+                     "refused when they differ. The reference recorded no fingerprints itself: that these are the "
+                     "base weights the authors trained on is assumed, not checked.")
+    else:
+        lines.append("**Base weights unchecked**: the reference's checkpoint records no fingerprints of the base "
+                     "weights it was trained on, so loading this folder cannot tell whether the CLIP and LLaMA "
+                     "weights it finds are the authors' (OpenAI's CLIP ViT-L/14 and Meta's LLaMA-7B). "
+                     "`pneumollm-import-reference --fingerprint` loads them at import and records their fingerprints, "
+                     "so that later loads are checked against those.")
+    lines += ["", "## Where the weights came from", "",
+              markdown_table(["fold", "file", "sha256", "epoch"],
+                             ([c["fold"], f"`{c['file']}`", f"`{c['sha256']}`", c.get("epoch", "")]
+                              for c in checkpoints)),
+              "", "Settings read from each checkpoint's `args` (all of them are in `export.json`):", "",
+              markdown_table(["fold", *REFERENCE_ARGS_SHOWN],
+                             ([c["fold"], *(c["args"].get(k, "") for k in REFERENCE_ARGS_SHOWN)] for c in checkpoints))]
+    defaulted = sorted({k for c in checkpoints for k in c.get("defaulted_args", [])})
+    if defaulted:
+        lines += ["", f"Missing from the args and taken from the reference's defaults: {', '.join(defaulted)}."]
+    lines += ["", "## The reference's quirks, reproduced", "",
+              *(f"- `{q['setting']}` = {q['value']}: {q['why']}" for q in imported["quirks"])]
+    prep = record["preprocessing"]
+    lungs = str(prep["lungs"].get("_target_", "?")).rpartition(".")[2]
+    lines += ["", f"Films are cropped to the lungs by `{lungs}` (margin {prep['margin']}) and resized to "
+                  f"{prep['image_size']} px. The reference cropped them to the bounding rectangle of HybridGNet lung "
+                  "masks (CheXmask's pipeline) before resizing to 224 px, which `lungs=chexmask` (precomputed masks) "
+                  "or `lungs=unet` at import come closer to.",
+              "", "## How it was validated", "",
+              "Not by this suite. The reference kept the epoch with the best average of sensitivity, specificity, "
+              "accuracy and AUC on the split it then reported, so the published figures of these weights are "
+              "optimistic. Compare them with arms retrained on your cohort (docs/reference_import.md)."]
+    if record["size"] == "tiny":
+        lines += ["", "**Tiny size**: small randomly initialised stand-ins for the paper's models, a pipeline "
+                      "check; its figures are not evidence about the method."]
+    return lines
+
+
+def usage_lines(checked: bool = True) -> list[str]:
+    """The model card's "How to use it" section; ``checked``: whether loads check the base weights."""
+    check = ("the frozen base weights are checked against the fingerprints recorded at training time and refused "
+             "when they differ." if checked else "the frozen base weights are **not** checked: no fingerprints of "
+             "them were recorded.")
+    return ["", "## How to use it", "", "```bash", "pneumollm-predict THIS_FOLDER films/ --out predictions.csv",
+            "# base weights elsewhere than on the training machine:",
+            "pneumollm-predict THIS_FOLDER films/ --out predictions.csv \\",
+            "    --set model.encoder.name_or_path=/models/clip model.llm.name_or_path=/models/llama-7b", "```", "",
+            f"Films are preprocessed as in training (`export.json`, `preprocessing`); {check}"]
 
 
 def load_export(path: Path, device: torch.device, overrides: Sequence[str] = (),
@@ -152,5 +241,8 @@ def load_export(path: Path, device: torch.device, overrides: Sequence[str] = (),
         if entry.get("frozen_fingerprints"):
             check_frozen(net, entry["frozen_fingerprints"], path)
         notes = fold_for_inference(net) if fold_adapters else []
+        if entry.get("frozen_fingerprints") is None and record.get("imported"):
+            notes.insert(0, "base weights not checked: the imported weights carry no fingerprints of them "
+                            "(pneumollm-import-reference --fingerprint records them)")
         folds.append(FoldModel(int(entry["fold"]), net, loss, float(entry["threshold"]), notes))
     return TrainedModel(path, str(record["arm"]), folds, config, preprocess_settings(config))

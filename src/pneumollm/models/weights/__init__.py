@@ -1,1 +1,1 @@
-"""Pretrained weights as users hold them, converted to the Hugging Face folders the suite loads."""
+"""Weights as users hold them (Meta-format LLaMA, the authors' released checkpoint), converted to what the suite loads."""
