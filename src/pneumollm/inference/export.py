@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 import pneumollm
+from pneumollm.data.film_profile import PROFILE_FILE, PROFILE_FORMAT, merge_profiles, read_profile
 from pneumollm.inference.models import (
     EXPORT_FILE,
     FoldModel,
@@ -87,6 +88,7 @@ def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
                                       [p.patient_id for p in predictions]) if predictions else None
     summary = {key: {"mean": sum(f["metrics"][key] for f in folds) / len(folds)} for key in METRIC_KEYS
                if all(key in f["metrics"] for f in folds)}
+    profile = merge_profiles([read_profile(run_dir / PROFILE_FILE) for run_dir in run_dirs])
     record = {"format": EXPORT_FORMAT, "suite_version": pneumollm.__version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "arm": str(configs[0].experiment.arm), "label": str(configs[0].experiment.get("label", "")),
@@ -94,7 +96,8 @@ def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
               "cohort": str(configs[0].data.get("cohort", "?")), "folds": folds,
               "base_weights": _base_weights(configs[0]), "preprocessing": asdict(preprocess_settings(configs[0])),
               "summary": summary, "pooled_auc": None if pooled is None else
-              {"estimate": pooled.estimate, "ci_low": pooled.low, "ci_high": pooled.high}}
+              {"estimate": pooled.estimate, "ci_low": pooled.low, "ci_high": pooled.high},
+              "training_films": profile}
     atomic_write_json(out_dir / EXPORT_FILE, record)
     atomic_write_text(out_dir / "README.md", model_card(record))
     return out_dir
@@ -132,6 +135,9 @@ def model_card(record: dict[str, Any]) -> str:
               "    --set model.encoder.name_or_path=/models/clip model.llm.name_or_path=/models/llama-7b", "```", "",
               "Films are preprocessed as in training (`export.json`, `preprocessing`); the frozen base weights are "
               "checked against the fingerprints recorded at training time and refused when they differ."]
+    if record.get("training_films"):
+        lines += ["", "The predictions' `shift` column names films that look unlike the training films (their "
+                      "profile is `training_films` in `export.json`: native sizes, file formats, input intensities)."]
     return "\n".join(lines) + "\n"
 
 
@@ -153,4 +159,6 @@ def load_export(path: Path, device: torch.device, overrides: Sequence[str] = (),
             check_frozen(net, entry["frozen_fingerprints"], path)
         notes = fold_for_inference(net) if fold_adapters else []
         folds.append(FoldModel(int(entry["fold"]), net, loss, float(entry["threshold"]), notes))
-    return TrainedModel(path, str(record["arm"]), folds, config, preprocess_settings(config))
+    profile = record.get("training_films")
+    return TrainedModel(path, str(record["arm"]), folds, config, preprocess_settings(config),
+                        profile if isinstance(profile, dict) and profile.get("format") == PROFILE_FORMAT else None)
