@@ -50,5 +50,30 @@ def test_every_arm_is_scored_on_the_external_cohort(tmp_path: Path, capsys: pyte
     assert float(rows["pneumollm"]["delta_auc_ci_low"]) <= float(rows["pneumollm"]["delta_auc"])
     assert (folder / "roc.png").is_file() and (folder / "table.md").read_text().count(" ref ") == 2
     with (folder / "predictions.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 24
-    assert "external validation" in capsys.readouterr().err
+        predictions = list(csv.DictReader(handle))
+    assert len(predictions) == 24 and all(r["shift"] == "" for r in predictions)  # films like the training films
+    err = capsys.readouterr().err
+    assert "external validation" in err and "0 of 24 films look unlike the training films" in err
+
+
+def test_external_films_unlike_the_training_films_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    manifest = make_toy_manifest(tmp_path / "cohort", n_patients=15, films_per_patient=1, size=64)
+    for fold in range(3):
+        run_fold(compose_train([*BASE, f"data.source.manifest={manifest}", f"paths.root_dir={tmp_path}",
+                                f"data.fold={fold}"], run_dir=tmp_path / "table" / "study" / "runs" / "pneumollm" /
+                               f"fold{fold}"))
+    external = make_toy_manifest(tmp_path / "dark_site", n_patients=8, films_per_patient=1, size=64, seed=5)
+    darkened = sorted((tmp_path / "dark_site" / "films").glob("*.png"))[:3]
+    for path in darkened:  # under-exposed films at the other site
+        Image.fromarray((np.asarray(Image.open(path)) * 0.3).astype(np.uint8)).save(path)
+    assert external_main([str(tmp_path / "table"), str(external), "--num-folds", "3", "--bootstrap", "50",
+                          "--no-progress"]) == 0
+    (folder,) = (tmp_path / "table" / "study" / "external").iterdir()
+    with (folder / "predictions.csv").open() as handle:
+        shift = {r["image_id"]: r["shift"] for r in csv.DictReader(handle)}
+    dark = {f"films/{p.name}" for p in darkened}
+    assert all(shift[i].startswith("input intensity far from training films (darker") for i in dark)
+    assert all(shift[i] == "" for i in shift if i not in dark)
+    assert "3 of 8 films look unlike the training films (see the shift column)" in capsys.readouterr().err

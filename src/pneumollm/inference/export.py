@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 import pneumollm
+from pneumollm.data.film_profile import PROFILE_FILE, PROFILE_FORMAT, merge_profiles, read_profile
 from pneumollm.inference.models import (
     EXPORT_FILE,
     FoldModel,
@@ -83,8 +84,10 @@ def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
                                       [p.patient_id for p in predictions]) if predictions else None
     summary = {key: {"mean": sum(f["metrics"][key] for f in folds) / len(folds)} for key in METRIC_KEYS
                if all(key in f["metrics"] for f in folds)}
+    profile = merge_profiles([read_profile(run_dir / PROFILE_FILE) for run_dir in run_dirs])
     record = {**export_record(configs[0], folds), "summary": summary, "pooled_auc": None if pooled is None else
-              {"estimate": pooled.estimate, "ci_low": pooled.low, "ci_high": pooled.high}}
+              {"estimate": pooled.estimate, "ci_low": pooled.low, "ci_high": pooled.high},
+              "training_films": profile}
     return write_record(out_dir, record)
 
 
@@ -121,7 +124,11 @@ def model_card(record: dict[str, Any]) -> str:
     """The export's README: what it is, where its weights come from, how it was validated, how to load it."""
     imported = record.get("imported")
     lines = _imported_card_lines(record) if imported else _trained_card_lines(record)
-    return "\n".join([*lines, *usage_lines(not imported or imported["base_weights_checked"])]) + "\n"
+    lines += usage_lines(not imported or imported["base_weights_checked"])
+    if record.get("training_films"):
+        lines += ["", "The predictions' `shift` column names films that look unlike the training films (their "
+                      "profile is `training_films` in `export.json`: native sizes, file formats, input intensities)."]
+    return "\n".join(lines) + "\n"
 
 
 def base_weight_lines(record: dict[str, Any]) -> list[str]:
@@ -245,4 +252,6 @@ def load_export(path: Path, device: torch.device, overrides: Sequence[str] = (),
             notes.insert(0, "base weights not checked: the imported weights carry no fingerprints of them "
                             "(pneumollm-import-reference --fingerprint records them)")
         folds.append(FoldModel(int(entry["fold"]), net, loss, float(entry["threshold"]), notes))
-    return TrainedModel(path, str(record["arm"]), folds, config, preprocess_settings(config))
+    profile = record.get("training_films")
+    return TrainedModel(path, str(record["arm"]), folds, config, preprocess_settings(config),
+                        profile if isinstance(profile, dict) and profile.get("format") == PROFILE_FORMAT else None)

@@ -9,7 +9,7 @@ difference in AUC and AVG to the table's reference arm on the same films (paired
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from pneumollm.data.cohort import FilmRecord
 from pneumollm.inference.inputs import InputFilm, prepare_inputs
 from pneumollm.inference.models import TrainedModel, load_trained
 from pneumollm.inference.predict import fold_probabilities
+from pneumollm.inference.shift import NO_PROFILE, join_reasons, shift_reasons, shift_summary
 from pneumollm.utils.console import say
 from pneumollm.utils.io import atomic_write, atomic_write_text, output_set
 from pneumollm.utils.markdown import markdown_table
@@ -43,6 +44,8 @@ class ExternalArm:
     auc: Interval
     delta_auc: Interval | None = None
     delta_avg: Interval | None = None
+    shift: list[list[str]] = field(default_factory=list)  # per film as probs: why it looks unlike the training films
+    profiled: bool = True  # False: the arm's runs have no training-film profile (its shift stays empty)
 
 
 def external_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
@@ -85,9 +88,12 @@ def score_arms(runs_dir: Path, records: list[FilmRecord], n_boot: int = 2000, ov
         films = prepared[model.settings.fingerprint()]
         images = np.stack([films[i].image for i in usable])
         probs = fold_probabilities(model, images, progress=progress).mean(axis=1)
+        shift = [shift_reasons(model.profile, films[i].source, films[i].crop_status, films[i].image)
+                 if model.profile is not None else [] for i in usable]
         scored.append(ExternalArm(name, complete[name].label, model.threshold, probs,
                                   external_metrics(labels, probs, model.threshold),
-                                  bootstrap_auc_by_patient(labels.tolist(), probs.tolist(), patients, n_boot=n_boot)))
+                                  bootstrap_auc_by_patient(labels.tolist(), probs.tolist(), patients, n_boot=n_boot),
+                                  shift=shift, profiled=model.profile is not None))
     first = next(iter(complete.values()))
     config = OmegaConf.load(first.run_dirs[min(first.run_dirs)] / "config.yaml")
     reference = OmegaConf.select(config, "experiment.reference")
@@ -98,6 +104,22 @@ def score_arms(runs_dir: Path, records: list[FilmRecord], n_boot: int = 2000, ov
                 arm.delta_auc, arm.delta_avg = paired_bootstrap_difference(
                     labels, arm.probs, ref.probs, patients, arm.threshold, ref.threshold, n_boot=n_boot)
     return scored, [records[i] for i in usable], reference if ref is not None else None
+
+
+def film_shifts(arms: list[ExternalArm], n_films: int) -> list[str]:
+    """Each film's ``shift`` cell: the distinct reasons of every arm (the arms of a study share their training
+    films; arms preprocessed differently may see different input intensities)."""
+    return [join_reasons([r for a in arms if a.shift for r in a.shift[i]]) for i in range(n_films)]
+
+
+def shift_line(arms: list[ExternalArm], n_films: int) -> str:
+    """The console line on the films' shift (or why there is none to give)."""
+    if not any(a.profiled for a in arms):
+        return NO_PROFILE
+    flagged = sum(bool(s) for s in film_shifts(arms, n_films))
+    unprofiled = [a.arm for a in arms if not a.profiled]
+    return shift_summary(flagged, n_films) + (f" (no training-film profile for {', '.join(unprofiled)})"
+                                              if unprofiled else "")
 
 
 def _fmt(value: float | None) -> str:
@@ -133,9 +155,11 @@ def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecor
         atomic_write(path, writer)
 
     write_csv(out_dir / "table.csv", CSV_COLUMNS, rows)
+    shifts = film_shifts(arms, len(films))
     per_film = [{"image_id": f.image_id, "patient_id": f.patient_id, "label": f.label,
-                 **{a.arm: f"{a.probs[i]:.6f}" for a in arms}} for i, f in enumerate(films)]
-    write_csv(out_dir / "predictions.csv", ["image_id", "patient_id", "label", *[a.arm for a in arms]], per_film)
+                 **{a.arm: f"{a.probs[i]:.6f}" for a in arms}, "shift": shifts[i]} for i, f in enumerate(films)]
+    write_csv(out_dir / "predictions.csv", ["image_id", "patient_id", "label", *[a.arm for a in arms], "shift"],
+              per_film)
     header = ["Arm", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "AUC [95% CI]", "ΔAUC [95% CI]", "ΔAVG [95% CI]",
               "threshold"]
     def delta(value: Interval | None, is_ref: bool) -> str:
@@ -177,6 +201,7 @@ def external_validation(table_dir: Path, data: Path, out: Path | None = None, n_
     for study in find_studies(table_dir):
         runs_dir = study / RUNS_SUBDIR if (study / RUNS_SUBDIR).is_dir() else study
         arms, films, reference = score_arms(runs_dir, listing.records, n_boot, overrides, device, num_folds, progress)
+        say(f"{study.name}: {shift_line(arms, len(films))}")
         target = (out / study.name if out is not None and len(find_studies(table_dir)) > 1 else out) or \
             study / "external" / cohort
         with output_set(target, "external") as stage:

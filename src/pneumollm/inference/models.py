@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pneumollm.data.film_profile import PROFILE_FILE, merge_profiles, read_profile
 from pneumollm.data.preprocess import PreprocessSettings
 from pneumollm.data.targets import BINARY, LabelTask
 from pneumollm.errors import UserError
@@ -62,6 +63,7 @@ class TrainedModel:
     folds: list[FoldModel]
     config: DictConfig  # one fold's resolved config
     settings: PreprocessSettings
+    profile: dict[str, Any] | None = None  # its training films' profile (``data.film_profile``); None before them
 
     @property
     def threshold(self) -> float:
@@ -183,7 +185,8 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", overrides
         return load_export(path, device, overrides, fold_adapters)
     if (path / CONFIG_FILE).is_file():
         fold, config = _load_run(path, device, overrides, fold_adapters)
-        return TrainedModel(path, str(config.experiment.arm), [fold], config, preprocess_settings(config))
+        return TrainedModel(path, str(config.experiment.arm), [fold], config, preprocess_settings(config),
+                            read_profile(path / PROFILE_FILE))
     run_dirs = sorted(d for d in path.glob("fold*") if (d / METRICS_FILE).is_file())
     if not run_dirs:
         raise ModelLoadError(f"{path}: neither a run folder (config.yaml, metrics.json), an arm folder (fold*/ with "
@@ -193,4 +196,5 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", overrides
     if len({s.fingerprint() for s in settings}) > 1:
         raise ModelLoadError(f"{path}: the folds were trained with different preprocessing; predict fold by fold")
     config = loaded[0][1]
-    return TrainedModel(path, str(config.experiment.arm), [f for f, _ in loaded], config, settings[0])
+    return TrainedModel(path, str(config.experiment.arm), [f for f, _ in loaded], config, settings[0],
+                        merge_profiles([read_profile(d / PROFILE_FILE) for d in run_dirs]))

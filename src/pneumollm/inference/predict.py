@@ -52,12 +52,13 @@ def prediction_rows(model: TrainedModel, films: Sequence[InputFilm], probs: np.n
                     outputs: np.ndarray | None = None) -> list[dict[str, object]]:
     """One output row per film (prepared or skipped): ``FIRST_COLUMNS``, then for a staged or multi-label model
     its stage or finding columns (``records.predicted_columns``, fold-averaged), then ``prob_fold<k>`` and
-    ``prob_std`` for an ensemble, then the manifest's other columns. ``pred`` applies the model's recorded threshold."""
+    ``prob_std`` for an ensemble, then the manifest's other columns. ``pred`` applies the model's recorded threshold;
+    ``shift`` (right after ``reason``) says why a film looks unlike the training films (``inference.shift``)."""
     rows, index = [], 0
     ensemble = len(model.folds) > 1
     task = model.task
     for film in films:
-        row: dict[str, object] = {"path": film.name, "status": film.status, "reason": film.reason}
+        row: dict[str, object] = {"path": film.name, "status": film.status, "reason": film.reason, "shift": film.shift}
         if film.status == "ok":
             values = probs[index]
             mean = float(values.mean())

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from pneumollm.data.film_profile import PROFILE_FILE
 from pneumollm.data.targets import BINARY, MULTICLASS, LabelTask
 from pneumollm.utils.io import atomic_write, atomic_write_json, atomic_write_text, sha256_json
 
@@ -34,7 +35,8 @@ CHECKPOINT_DIR = "checkpoints"
 SUPERSEDED_DIR = ".superseded"  # outputs of an earlier config of the same job, set aside rather than deleted
 PREDICTION_COLUMNS = ("image_id", "patient_id", "fold", "label", "prob", "pred")  # pred: prob > the run's threshold
 # Files a run produces that belong to one config; set aside together when another config takes the folder.
-RESULT_FILES = (METRICS_FILE, PREDICTIONS_FILE, FEATURES_FILE, FAILED_FILE, CONFIG_FILE, JOB_FILE, CHECKPOINT_DIR)
+RESULT_FILES = (METRICS_FILE, PREDICTIONS_FILE, FEATURES_FILE, FAILED_FILE, CONFIG_FILE, JOB_FILE, CHECKPOINT_DIR,
+                PROFILE_FILE)
 
 # Settings that do not change what a run computes (where it writes, how it reports progress, how tables show it).
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "callbacks.progress", "callbacks.step_timer",

@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.data.datamodule import CohortDataModule
+from pneumollm.data.film_profile import PROFILE_FILE, profile_prepared
 from pneumollm.errors import ConfigError, UserError, describe, find_user_error
 from pneumollm.models.param_count import ParameterCounts
 from pneumollm.training.losses import check_loss_for_task
@@ -163,6 +164,9 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
         status = run_status(run_dir)
         if status.complete and status.config_hash == chash and not cfg.get("force", False):
             say(f"[green]skip[/green] {_job_name(cfg)}: done ({run_dir})")
+            if not (run_dir / PROFILE_FILE).is_file():  # a run finished before profiles were recorded
+                datamodule.setup("fit")
+                write_training_profile(run_dir, datamodule)
             return dict(status.metrics or {})
         _claim(run_dir, cfg, chash, datamodule)
         metrics = _train_and_test(cfg, run_dir, chash, datamodule)
@@ -246,6 +250,20 @@ def _claim(run_dir: Path, cfg: DictConfig, chash: str, datamodule: CohortDataMod
     write_config(run_dir, cfg)
 
 
+def write_training_profile(run_dir: Path, datamodule: CohortDataModule) -> None:
+    """Write the profile of the fold's training films (``training_films.json``), which prediction compares new
+    films to; a failure only warns (the run's results do not depend on it)."""
+    from pneumollm.utils.io import atomic_write_json
+
+    train = datamodule.datasets["train"]
+    try:
+        profile = profile_prepared(train.films, train.images[:, 0].numpy(), datamodule.prepared_dir)
+        atomic_write_json(run_dir / PROFILE_FILE, profile)
+    except Exception as err:  # never lose a fold to its profile
+        say(f"[yellow]training-film profile not written ({type(err).__name__}: {err}); predictions with this "
+            "model will have an empty shift column")
+
+
 def _resume_path(checkpoints: ModelCheckpoint | None, run_dir: Path, chash: str) -> str | None:
     """``last.ckpt`` when it exists, is readable and was written by this config; otherwise set it aside."""
     if checkpoints is None or not checkpoints.dirpath:
@@ -272,6 +290,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     writer = launched_rank() == 0
     sizes = datamodule.split_sizes()
     if writer:
+        write_training_profile(run_dir, datamodule)
         say(f"[bold]{cfg.experiment.arm}[/bold] fold {cfg.data.fold}: " + ", ".join(
             f"{name} {s['films']} films / {s['patients']} patients ({s['positives']} positive films)"
             for name, s in sizes.items()))
