@@ -1,1 +1,1 @@
-"""Weights as users hold them (Meta-format LLaMA, the authors' released checkpoint), converted to what the suite loads."""
+"""Weights as users hold them (Meta-format LLaMA, the authors' released checkpoint), in the suite's layout."""
