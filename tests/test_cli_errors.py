@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumollm.errors import ConfigError, UserError, describe, find_user_error, user_errors_exit
+from pneumollm.errors import ConfigError, Interrupted, UserError, describe, find_user_error, user_errors_exit
 from tests.helpers import make_toy_manifest, subprocess_env
 
 
@@ -84,3 +84,22 @@ def test_a_cohort_of_small_films_names_min_film_size_once_per_sweep(tmp_path: Pa
     assert out.count("data.min_film_size=40") == 1, out  # one line for the cohort, not one per fold
     assert out.count("the same error as pneumollm fold 0") == 2 and "3 job(s) of this sweep failed" in out
     assert "too few" not in out and "crop:" not in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize(("raised", "line"), [
+    (KeyboardInterrupt(), "interrupted; run the same command again to resume"),
+    (Interrupted("pneumollm fold 1: interrupted at epoch 3; run the same command again to resume"),
+     "pneumollm fold 1: interrupted at epoch 3; run the same command again to resume"),
+])
+def test_ctrl_c_ends_the_console_script_with_one_line_and_status_130(monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture,
+                                                                     raised: KeyboardInterrupt, line: str) -> None:
+    from pneumollm.cli import train
+
+    def interrupted() -> None:
+        raise raised
+
+    monkeypatch.setattr(train, "app", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        train.main()
+    assert stop.value.code == 130 and capsys.readouterr().err == line + "\n"

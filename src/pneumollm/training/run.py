@@ -13,6 +13,8 @@ import resource
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.data.datamodule import CohortDataModule
@@ -329,8 +332,9 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     tester = _single_process_tester(trainer, cfg)
     if tester is None:  # a DDP child: rank 0 tests the whole test set alone
         return {}
-    thresholds = _choose_threshold(cfg, tester, module, datamodule, test_ckpt)
-    tester.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+    with _named_interrupt(tester, _job_name(cfg)):
+        thresholds = _choose_threshold(cfg, tester, module, datamodule, test_ckpt)
+        tester.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
     peak_mb, peak_kind = _peak_memory_mb()
     test_set = datamodule.datasets["test"]
     preds = module.test_predictions
@@ -373,20 +377,28 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     return metrics
 
 
+@contextmanager
+def _named_interrupt(trainer: L.Trainer, job: str) -> Iterator[None]:
+    """Ctrl-C inside a Lightning call, which Lightning turns into ``sys.exit(1)``, as ``Interrupted`` saying
+    where the run stopped."""
+    try:
+        yield
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        where = f"at epoch {trainer.current_epoch}" if fitting else "while testing"
+        raise Interrupted(f"{job}: interrupted {where}; run the same command again to resume") from None
+
+
 def _fit(trainer: L.Trainer, module: ClassificationModule, datamodule: CohortDataModule, resume: str | None,
          job: str) -> None:
     """``trainer.fit``, resuming from ``resume`` (our own checkpoint: Lightning's warning that its folder is not
-    empty says nothing then). Ctrl-C, which Lightning turns into ``sys.exit(1)``, becomes ``Interrupted``."""
-    with warnings.catch_warnings():
+    empty says nothing then)."""
+    with warnings.catch_warnings(), _named_interrupt(trainer, job):
         if resume is not None:
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        except SystemExit:
-            if not trainer.interrupted:
-                raise
-            raise Interrupted(f"{job}: interrupted at epoch {trainer.current_epoch}; run the same command again "
-                              "to resume") from None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
 
 
 def _use_prefix_cache(cfg: DictConfig, net: Any, module: ClassificationModule, trainer: L.Trainer,
