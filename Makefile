@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 OUT ?= outputs
 
 # Offline by default: no hub lookups (real weights come from local folders) and W&B runs written locally.
+# W&B prints nothing unless logger.wandb.verbose=true (the console scripts see to it).
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
-export WANDB_SILENT ?= true
 
 # Paper tables and figures: `make table6 [SIZE=full] [DATA=/path/manifest.csv] [ARGS="trainer.max_epochs=50"]`.
 SIZE ?= tiny

@@ -232,3 +232,12 @@ def make_staged_manifest(root: Path, patients_per_stage: int = 4, size: int = 40
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
     return manifest
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a console script run as a subprocess: offline, and this checkout's package (``src``)
+    and tests first on the path, whichever checkout the virtualenv's editable install points at."""
+    from pneumollm.paths import PACKAGE_DIR, REPO_ROOT
+
+    path = os.pathsep.join([str(PACKAGE_DIR.parent), str(REPO_ROOT)])
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": path, **extra}

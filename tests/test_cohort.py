@@ -128,3 +128,55 @@ def test_dicom_folder_empty_and_non_dicom_files_are_named_as_such(tmp_path: Path
     assert reasons["a/scan.bin"] == "labels row 6: a/scan.bin is not a DICOM file (no DICM marker)"
     assert reasons["none.dcm"] == f"labels row 7: no matching DICOM file in {folder}"
     assert len(listing.records) == 3
+
+
+def test_an_empty_manifest_says_what_it_needs(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(CohortError, match=r"empty.csv: the file is empty; it needs a header row "
+                                          r"\(path,patient_id,label\) and one row per film"):
+        read_manifest(empty)
+    empty.write_text("path,patient_id,label\n")
+    with pytest.raises(CohortError, match=r"a header \(path, patient_id, label\) but no rows; add one row per film"):
+        read_manifest(empty)
+
+
+def test_a_folder_given_as_the_manifest_names_the_csv_files_inside(tmp_path: Path) -> None:
+    manifest = make_toy_manifest(tmp_path / "cohort", n_patients=2)
+    with pytest.raises(CohortError) as info:
+        read_manifest(manifest.parent)
+    message = str(info.value)
+    assert message.startswith(f"{manifest.parent} is a folder, not a CSV file")
+    assert f"it holds manifest.csv: give one of them, e.g. {manifest}" in message
+    assert "data=dicom_folder" in message  # a folder of films has its own source kind
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(CohortError, match=r"is a folder, not a CSV file .* and holds no CSV file"):
+        read_manifest(tmp_path / "bare")
+
+
+def test_windows_backslash_paths_are_read_when_the_file_exists_with_slashes(tmp_path: Path) -> None:
+    manifest = make_toy_manifest(tmp_path, n_patients=3)
+    manifest.write_text(manifest.read_text().replace("films/", "films\\") + "C:\\scans\\p9.png,P009,normal\n")
+    listing = read_manifest(manifest)
+    assert [r.image_id for r in listing.records] == ["films/p000_0.png", "films/p001_0.png", "films/p002_0.png"]
+    assert all(r.path.is_file() for r in listing.records)
+    assert listing.notes == [f"{manifest}: 3 path(s) written with Windows backslashes were read with /"]
+    (skipped,) = listing.skipped
+    assert skipped.reason.startswith("file not found (C:\\scans\\p9.png is a Windows drive path: list films "
+                                     "relative to the CSV's folder, with /)")
+
+
+def test_an_unknown_label_column_lists_the_columns_and_names_the_setting(tmp_path: Path) -> None:
+    from pneumollm.data.targets import LabelTask
+
+    manifest = make_toy_manifest(tmp_path, n_patients=3)
+    manifest.write_text(manifest.read_text().replace("path,patient_id,label", "path,patient_id,outcome"))
+    with pytest.raises(CohortError) as info:
+        read_manifest(manifest)
+    assert str(info.value) == (f"{manifest}: no label column (looked for label, diagnosis, target, class, in any "
+                               "case); the columns are 'path', 'patient_id', 'outcome': name the one holding the "
+                               "labels with data.label_column=NAME")
+    assert len(read_manifest(manifest, task=LabelTask(label_column="outcome")).records) == 3
+    with pytest.raises(CohortError, match=r"no column 'result' \(data.label_column\); the columns are 'path', "
+                                          r"'patient_id', 'outcome': set data.label_column to one of them"):
+        read_manifest(manifest, task=LabelTask(label_column="result"))

@@ -81,3 +81,30 @@ def test_an_old_formatted_table_csv_falls_back_to_the_summary(tmp_path: Path) ->
     out = tmp_path / "cmp.csv"
     assert compare_main([str(a), str(a), "--metrics", "auc", "--out", str(out)]) == 0
     assert float(_csv(out)["baseline"]["auc_a"]) == 80.0
+
+
+def test_two_arms_of_one_study(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = _study(tmp_path / "study", {"baseline": 0.0, "pneumollm": 5.0})
+    out = tmp_path / "arms.csv"
+    assert compare_main([str(a), "--arms", "baseline,pneumollm", "--metrics", "auc,avg", "--out", str(out)]) == 0
+    (row,) = _csv(out).values()
+    assert row["arm"] == "pneumollm vs baseline"
+    assert float(row["avg_a"]) == 80.0 and float(row["avg_b"]) == 85.0 and float(row["avg_diff"]) == 5.0
+    printed = capsys.readouterr().out
+    assert f"A = {a / 'table.csv'} (arm baseline of " in printed and "no arm is in both" not in printed
+    assert compare_main([str(a), "--arms", "baseline,nope"]) == 2
+    assert "--arms: 'nope' is not an arm of" in capsys.readouterr().err
+    assert compare_main([str(a), "--arms", "baseline"]) == 2
+    assert "--arms takes two arms" in capsys.readouterr().err
+    assert compare_main([str(a)]) == 2
+    assert "or one study and --arms A,B" in capsys.readouterr().err
+
+
+def test_an_arm_folder_gets_advice_that_works(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = _study(tmp_path / "study", {"baseline": 0.0, "pneumollm": 5.0})
+    for folder in (a / "runs" / "baseline", a / "runs"):
+        assert compare_main([str(folder), str(a)]) == 2
+        err = capsys.readouterr().err
+        assert f"of the study {a}: pass the study" in err and f"pneumollm-compare {a} --arms A,B" in err
+    assert aggregate_main([str(a), "--num-folds", "3", "--no-wandb"]) == 0  # the study, as the advice says
+    assert compare_main([str(a), "--arms", "baseline,pneumollm"]) == 0

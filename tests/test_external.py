@@ -4,6 +4,7 @@ the paired difference to the reference arm."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,24 @@ def test_external_films_unlike_the_training_films_are_named(tmp_path: Path, caps
     assert all(shift[i].startswith("input intensity far from training films (darker") for i in dark)
     assert all(shift[i] == "" for i in shift if i not in dark)
     assert "3 of 8 films look unlike the training films (see the shift column)" in capsys.readouterr().err
+
+
+def test_a_study_root_scores_every_complete_cohort_and_names_the_others(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    manifest = make_toy_manifest(tmp_path / "cohort", n_patients=15, films_per_patient=1, size=64)
+    for fold in range(3):
+        run_fold(compose_train([*BASE, f"data.source.manifest={manifest}", f"paths.root_dir={tmp_path}",
+                                f"data.fold={fold}", "trainer.max_epochs=1"],
+                               run_dir=tmp_path / "table" / "good" / "runs" / "pneumollm" / f"fold{fold}"))
+    failed = tmp_path / "table" / "broken" / "runs" / "pneumollm" / "fold0"
+    failed.mkdir(parents=True)  # another cohort under the same root whose only attempt failed
+    (failed / "failed.json").write_text(json.dumps({"arm": "pneumollm", "fold": 0, "config_hash": None,
+                                                    "error": "no usable film"}))
+    external = make_toy_manifest(tmp_path / "other_site", n_patients=8, size=64, seed=5)
+    assert external_main([str(tmp_path / "table"), str(external), "--num-folds", "3", "--bootstrap", "50",
+                          "--no-progress"]) == 0
+    assert len(list((tmp_path / "table" / "good" / "external").iterdir())) == 1
+    assert not (tmp_path / "table" / "broken" / "external").exists()
+    err = capsys.readouterr().err
+    assert f"study {tmp_path / 'table' / 'broken'} left out: no arm has all 3 folds" in err
+    assert "fold 0 is missing (failed: no usable film" in err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,10 +20,9 @@ import torch
 from filelock import FileLock
 
 from pneumollm.analysis.collect import check_complete, collect_runs
-from pneumollm.paths import REPO_ROOT
 from pneumollm.training.records import read_job, run_status
 from pneumollm.training.run import JobLockedError, run_fold
-from tests.helpers import compose_train, crash_at_epoch, make_toy_manifest
+from tests.helpers import compose_train, crash_at_epoch, make_toy_manifest, subprocess_env
 from tests.test_training import TOY
 
 
@@ -160,7 +160,7 @@ def _train_command(manifest: Path, root: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess_env()
 
 
 def test_a_fold_killed_with_sigkill_resumes_to_the_same_result_bit_for_bit(manifest: Path, tmp_path: Path) -> None:
@@ -191,3 +191,50 @@ def test_a_fold_killed_with_sigkill_resumes_to_the_same_result_bit_for_bit(manif
     a, b = (json.loads((d / "run/metrics.json").read_text()) for d in (straight, killed))
     for key in ("test/sensitivity", "test/specificity", "test/accuracy", "test/auc", "test/avg", "epochs_run"):
         assert a[key] == b[key], key
+
+
+def test_a_failed_attempt_is_set_aside_as_such(manifest: Path, tmp_path: Path, capfd) -> None:
+    broken = tmp_path / "broken.csv"
+    broken.write_text(manifest.read_text().replace(",normal\n", ",unsure\n", 1))
+    broken_films = tmp_path / "films"
+    broken_films.symlink_to(manifest.parent / "films")
+    with pytest.raises(Exception, match="unknown label value 'unsure'"):
+        run_fold(_cfg(broken, tmp_path, "trainer.max_epochs=1"))  # fails before the folder has an owner
+    assert (tmp_path / "run/failed.json").is_file() and read_job(tmp_path / "run") is None
+    capfd.readouterr()
+    run_fold(_cfg(manifest, tmp_path, "trainer.max_epochs=1"))
+    err = capfd.readouterr().err
+    assert "set aside the outputs of a failed attempt in" in err and "another config" not in err
+    (aside,) = (tmp_path / "run/.superseded").iterdir()
+    assert aside.name.startswith("failed-attempt-") and (aside / "failed.json").is_file()
+
+
+def test_ctrl_c_says_where_it_stopped_and_the_rerun_resumes_without_lightning_warnings(manifest: Path,
+                                                                                       tmp_path: Path) -> None:
+    slow = "+callbacks.slow={_target_: tests.helpers.SlowEpochs, seconds: 0.5}"  # time to interrupt it mid-run
+    proc = subprocess.Popen(_train_command(manifest, tmp_path, slow), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "run/checkpoints/last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if torch.load(last, weights_only=True)["epoch"] >= 1:
+                break
+        except (OSError, RuntimeError, EOFError, KeyError):
+            pass
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    message = err.strip().splitlines()[-1]
+    match = re.fullmatch(r"timm_resnet18 fold 0: interrupted at epoch (\d+); run the same command again to resume",
+                         message)
+    assert match and int(match.group(1)) >= 1, err[-3000:]
+    assert "Detected KeyboardInterrupt" not in out + err and "Traceback" not in err
+    assert not (tmp_path / "run/failed.json").exists()  # an interruption is not a failure
+    resumed = subprocess.run(_train_command(manifest, tmp_path, slow), env=_env(), capture_output=True, text=True,
+                             timeout=600)  # the same command
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    assert "exists and is not empty" not in resumed.stdout + resumed.stderr  # our own checkpoint folder

@@ -4,7 +4,6 @@ per job on a two-fold toy cohort, and an interrupted sweep resumes without redoi
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +15,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from pneumollm.config import register_resolvers
-from pneumollm.paths import REPO_ROOT, conf_dir, experiments_dir
-from tests.helpers import make_toy_manifest
+from pneumollm.paths import conf_dir, experiments_dir
+from tests.helpers import make_toy_manifest, subprocess_env
 
 SWEEPS = sorted(p.stem for p in experiments_dir().glob("*.yaml"))
 
@@ -72,7 +71,7 @@ def _run_sweep(sweep: str, root: Path, manifest: Path, *extra: str) -> subproces
         sys.executable, "-m", "pneumollm.cli.train", "--config-dir", str(experiments_dir()), "--config-name", sweep,
         "-m", *_toy_overrides(manifest, root), "data.fold=0,1", *extra,
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
+    env = subprocess_env()
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -152,7 +151,10 @@ def test_a_failing_job_is_recorded_the_sweep_goes_on_and_ends_with_a_summary(toy
     assert json.loads(failed[0].read_text())["error"] == "data.fold=7 is outside 0..1"
     assert len(_metrics(tmp_path)) == 2
     summary = result.stderr[result.stderr.index("2 job(s) of this sweep failed"):]
-    assert summary.count("data.fold=7 is outside 0..1") == 2 and "Traceback" not in summary
+    assert all(f"{p.parent.parent.name}/fold7" in summary for p in failed) and "Traceback" not in summary
+    # the same error of two jobs is printed once, by the first; the other job and the summary point to it
+    assert (result.stdout + result.stderr).count("data.fold=7 is outside 0..1") == 1
+    assert "the same error as" in result.stderr and "the error printed above for" in summary
 
 
 def test_every_arm_config_belongs_to_a_sweep() -> None:
@@ -170,7 +172,7 @@ def test_two_sweeps_into_one_folder_at_once_train_each_job_once(toy_manifest: Pa
                    "lungs=none", "data.num_folds=2", "data.fold=0,1", "data.val_fraction=0.25",
                    "data.min_film_size=16", "data.progress=false", "data.preprocess_workers=1",
                    "trainer.max_epochs=3", "logger=none", "callbacks.progress=null", f"paths.root_dir={tmp_path}"]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
+        env = subprocess_env()
         return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
 

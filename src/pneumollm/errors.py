@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 USAGE_EXIT_CODE = 2
+INTERRUPT_EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
 
 
 class UserError(Exception):
@@ -20,6 +21,10 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A setting that cannot be used as given (names the key and the allowed values)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says where it stopped and how to go on."""
 
 
 def find_user_error(err: BaseException) -> UserError | None:

@@ -35,6 +35,7 @@ from pneumollm.analysis.tables import (
 )
 from pneumollm.training.records import CONFIG_FILE, FEATURES_FILE
 from pneumollm.utils.console import make_console
+from pneumollm.utils.quiet import quiet_wandb
 
 
 @dataclass
@@ -366,10 +367,11 @@ def log_table_to_wandb(table: str, report: TableReport) -> str | None:
     size = OmegaConf.select(config, "size_name", default="?") if config is not None else "?"
     cohort = OmegaConf.select(config, "data.cohort", default="?") if config is not None else "?"
     run_id = aggregate_run_id(table, config)
+    verbose = bool(OmegaConf.select(config, "logger.wandb.verbose", default=False)) if config is not None else False
     run = wandb.init(project=project or "pneumollm", id=run_id, resume="allow", group=f"{table}/aggregate",
                      job_type="aggregate", name=f"{table}-{size}-{cohort}", tags=[table, str(size), str(cohort)],
                      config={"table": table, "size": size, "cohort": cohort}, dir=str(report.table_md.parent),
-                     mode=os.environ.get("WANDB_MODE", "offline"), reinit="finish_previous")
+                     mode=os.environ.get("WANDB_MODE", "offline"), reinit="finish_previous", **quiet_wandb(verbose))
     try:
         columns, rows = _numeric_rows(report.table_csv)
         logged: dict[str, Any] = {"table": wandb.Table(columns=columns, data=rows)}

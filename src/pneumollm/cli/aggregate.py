@@ -19,7 +19,7 @@ from pneumollm.analysis.collect import (
     split_complete,
 )
 from pneumollm.analysis.summary import summarise_arm, summary_rows, write_summary
-from pneumollm.utils.console import make_console
+from pneumollm.utils.console import make_console, rule
 from pneumollm.utils.io import output_set, read_output_set
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     codes = []
     for study in studies:
         if len(studies) > 1:
-            console.rule(str(study))
+            rule(console, str(study))
         out_dir = args.out / study.name if args.out and len(studies) > 1 else args.out or study
         codes.append(aggregate_study(study, out_dir, args, console))
     return max(codes)
@@ -111,8 +111,7 @@ def aggregate_study(study: Path, out_dir: Path, args: argparse.Namespace, consol
     key = inputs_key(runs_dir, args)
     members, meta = read_output_set(out_dir, AGGREGATE_SET)
     if not args.force and meta and meta.get("key") == key and all((out_dir / m).is_file() for m in members):
-        show(console, runs_dir, out_dir, meta, args)
-        console.print("(unchanged since the last aggregation: outputs kept; --force remakes them)", highlight=False)
+        show(console, runs_dir, out_dir, meta, args, kept=True)
         return 0
     report = None
     if args.table:  # tables and figures need matplotlib and scikit-learn's t-SNE; a summary does not
@@ -179,22 +178,26 @@ def _print_rows(console: Console, title: str, columns: list[str], rows: list[lis
     console.print(table)
 
 
-def show(console: Console, runs_dir: Path, out_dir: Path, meta: dict, args: argparse.Namespace) -> None:
-    """The summary (and the table) on the console, from what an aggregation recorded."""
+def show(console: Console, runs_dir: Path, out_dir: Path, meta: dict, args: argparse.Namespace,
+         kept: bool = False) -> None:
+    """The summary (and the table) on the console, from what an aggregation recorded; ``kept``: the files were
+    left as they were (nothing changed), else they were just written."""
+    done = "kept" if kept else "written"
+    why = " (unchanged since the last aggregation; --force remakes them)" if kept else ""
     _print_rows(console, f"{runs_dir}: {args.num_folds}-fold cross-validation (figures in %)",
                 meta["summary_columns"], meta["summary_rows"])
     for recorded in meta.get("task_tables") or []:
         _print_rows(console, recorded["title"], recorded["columns"], recorded["rows"])
     for name, ps in meta["incomplete"].items():
         console.print(f"[yellow]incomplete arm {name}:[/yellow] " + "; ".join(ps), highlight=False)
-    console.print(f"written: {out_dir / 'summary.csv'} and {out_dir / 'summary.md'}", highlight=False)
+    console.print(f"{done}: {out_dir / 'summary.csv'} and {out_dir / 'summary.md'}{why}", highlight=False)
     if meta.get("by"):
         console.print(f"by {meta['by']}: {out_dir / ('by_' + meta['by'] + '.md')} and .csv", highlight=False)
     if meta.get("table"):
-        print_table(console, meta["table"], out_dir)
+        print_table(console, meta["table"], out_dir, done)
 
 
-def print_table(console: Console, recorded: dict, out_dir: Path) -> None:
+def print_table(console: Console, recorded: dict, out_dir: Path, done: str = "written") -> None:
     """The table's main columns on the console (the files hold every column)."""
     from pneumollm.analysis.tables import COLUMNS
 
@@ -209,7 +212,7 @@ def print_table(console: Console, recorded: dict, out_dir: Path) -> None:
     for cells in recorded["cells"]:
         table.add_row(*[cells[i] for i in index])
     console.print(table)
-    console.print(f"written: {out_dir / 'table.md'}, {out_dir / 'table.csv'} (every column, incl. memory and ΔAUC)",
+    console.print(f"{done}: {out_dir / 'table.md'}, {out_dir / 'table.csv'} (every column, incl. memory and ΔAUC)",
                   highlight=False)
     for figure in recorded["figures"]:
         console.print(f"figure: {out_dir / figure}", highlight=False)

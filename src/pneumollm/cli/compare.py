@@ -1,4 +1,5 @@
-"""``pneumollm-compare``: two studies' tables side by side per arm (e.g. tiny vs full size, or two cohorts)."""
+"""``pneumollm-compare``: two studies' tables side by side per arm (e.g. tiny vs full size, or two cohorts), or
+two arms of one study (``--arms A,B``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pneumollm.analysis.collect import RUNS_SUBDIR
 from pneumollm.errors import USAGE_EXIT_CODE, UserError
 from pneumollm.utils.io import atomic_write, atomic_write_text
 from pneumollm.utils.markdown import markdown_table
@@ -37,6 +39,11 @@ class StudyTable:
     arms: list[str] = field(default_factory=list)  # arm ids in the file's order
     labels: dict[str, str] = field(default_factory=dict)
     values: dict[str, dict[str, float | None]] = field(default_factory=dict)  # arm -> column -> number
+    name: str = ""  # what the comparison calls it (default: the study folder's name)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.source.parent.name
 
 
 def _float(text: str | None) -> float | None:
@@ -108,10 +115,43 @@ def read_study(path: str | Path) -> StudyTable:
         if _numeric_table(candidate):
             return _read_table(candidate)
     studies = sorted(p.parent.name for p in folder.glob(f"*/{TABLE_FILE}")) if path.is_dir() else []
-    hint = (f"; it holds several studies, pass one of them: {', '.join(studies)}" if studies else
-            f"; run pneumollm-aggregate {folder} (with --table TABLE for table.csv) first")
+    study = _study_of_arm_folder(folder) if path.is_dir() else None
+    if studies:
+        hint = f"; it holds several studies, pass one of them: {', '.join(studies)}"
+    elif study is not None:
+        hint = (f"; it is {'the runs folder' if folder.name == RUNS_SUBDIR else 'an arm folder'} of the study "
+                f"{study}: pass the study (aggregated with pneumollm-aggregate {study}), or compare two of its "
+                f"arms with pneumollm-compare {study} --arms A,B")
+    else:
+        hint = f"; run pneumollm-aggregate {folder} (with --table TABLE for table.csv) first"
     raise CompareError(f"{path}: no {TABLE_FILE} with numeric columns (pneumollm-aggregate --table) "
                        f"and no {SUMMARY_FILE}{hint}")
+
+
+def _study_of_arm_folder(folder: Path) -> Path | None:
+    """The study that ``folder`` belongs to when it is an arm folder (``<study>/[runs/]<arm>``, holding
+    ``fold<k>/`` runs) or a study's ``runs/`` folder; else None."""
+    if folder.name == RUNS_SUBDIR and any(folder.glob("*/fold*/")):
+        return folder.parent
+    if any(folder.glob("fold*/")):
+        return folder.parent.parent if folder.parent.name == RUNS_SUBDIR else folder.parent
+    return None
+
+
+def arm_tables(study: StudyTable, arms: list[str]) -> tuple[StudyTable, StudyTable]:
+    """Two arms of one study as the A and B of a comparison: one row, the arms' names joined ("b vs a")."""
+    if len(arms) != 2:
+        raise CompareError(f"--arms takes two arms of the study, A,B (got {len(arms)}: {', '.join(arms)})")
+    found = []
+    for wanted in arms:
+        match = next((a for a in study.arms if wanted.lower() in (a.lower(), study.labels[a].lower())), None)
+        if match is None:
+            listing = ", ".join(a if study.labels[a] == a else f"{a} ({study.labels[a]})" for a in study.arms)
+            raise CompareError(f"--arms: {wanted!r} is not an arm of {study.source}; its arms are {listing}")
+        found.append(match)
+    row = f"{study.labels[found[1]]} vs {study.labels[found[0]]}"
+    return tuple(StudyTable(study.source, f"arm {arm}" + (f" of {study.title}" if study.title else ""), [row],
+                            {row: row}, {row: study.values[arm]}, name=arm) for arm in found)  # type: ignore[return-value]
 
 
 def _column(metric: str, studies: list[StudyTable]) -> str:
@@ -185,7 +225,7 @@ def legend(comparison: Comparison) -> list[str]:
 
 def write_markdown(comparison: Comparison, path: Path) -> Path:
     header = header_cells(comparison)
-    lines = [f"# {comparison.a.source.parent.name} (A) vs {comparison.b.source.parent.name} (B)", "",
+    lines = [f"# {comparison.a.display_name} (A) vs {comparison.b.display_name} (B)", "",
              *(f"- {line}" for line in legend(comparison)), "",
              markdown_table(header, body_cells(comparison))]
     lines += ["", "Means over folds (pooled figures as they are), in percent unless a count; B−A: B minus A."]
@@ -213,12 +253,28 @@ def build_parser() -> argparse.ArgumentParser:
                     "folder's table.csv (pneumollm-aggregate --table), else its summary.csv.",
     )
     parser.add_argument("results_a", type=Path, help="study folder A (e.g. results/table6/demo) or its table.csv")
-    parser.add_argument("results_b", type=Path, help="study folder B, compared against A")
+    parser.add_argument("results_b", type=Path, nargs="?", default=None,
+                        help="study folder B, compared against A (leave out with --arms)")
+    parser.add_argument("--arms", default=None, metavar="A,B",
+                        help="compare two arms of the one study given (ids or table labels), e.g. "
+                             "--arms baseline,pneumollm: arm B against arm A")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
                         help="comma-separated metrics (default: %(default)s); also pooled_auc, delta_avg, "
                              "delta_auc, trainable_params, peak_memory_gb, paper_auc, ...")
     parser.add_argument("--out", type=Path, default=None, help="also write the comparison to FILE.md or FILE.csv")
     return parser
+
+
+def _sides(args: argparse.Namespace) -> tuple[StudyTable, StudyTable]:
+    """A and B: two studies, or two arms of one study (``--arms``)."""
+    if args.arms is not None:
+        if args.results_b is not None:
+            raise CompareError(f"--arms compares two arms of one study: give one study folder, not also "
+                               f"{args.results_b}")
+        return arm_tables(read_study(args.results_a), [a.strip() for a in args.arms.split(",") if a.strip()])
+    if args.results_b is None:
+        raise CompareError("give two study folders (A B), or one study and --arms A,B to compare two of its arms")
+    return read_study(args.results_a), read_study(args.results_b)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out is not None and args.out.suffix not in (".md", ".csv"):
             raise CompareError(f"--out {args.out}: give a .md or a .csv file")
-        a, b = read_study(args.results_a), read_study(args.results_b)
+        a, b = _sides(args)
         comparison = compare(a, b, [m.strip() for m in args.metrics.split(",") if m.strip()])
     except CompareError as err:
         errors.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)

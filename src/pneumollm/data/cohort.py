@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,15 +102,58 @@ def _decode_csv(csv_path: Path) -> tuple[str, list[str]]:
     return text, [note]
 
 
-def read_csv_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]], list[str]]:
-    """Header, rows and decoding notes of a CSV."""
+MANIFEST_HEADER = "path,patient_id,label"
+LABELS_HEADER = "file,label (or sop_instance_uid,label)"
+
+
+def _not_a_file(csv_path: Path, header: str) -> CohortError:
+    """The error for a CSV path that is a folder or does not exist, pointing at what was probably meant."""
+    if not csv_path.is_dir():
+        return CohortError(f"{csv_path}: file not found")
+    tables = sorted(p.name for p in csv_path.glob("*.csv"))[:5]
+    inside = f"; it holds {', '.join(tables)}: give one of them, e.g. {csv_path / tables[0]}" if tables else \
+        " and holds no CSV file"
+    return CohortError(f"{csv_path} is a folder, not a CSV file (columns {header}){inside}. A folder of DICOM "
+                       "films is read with data=dicom_folder data.source.folder=FOLDER data.source.labels=LABELS.csv")
+
+
+def read_csv_rows(csv_path: Path, header: str = MANIFEST_HEADER) -> tuple[list[str], list[dict[str, str]], list[str]]:
+    """Header, rows and decoding notes of a CSV; ``header``: the columns it should have, for error messages.
+    A missing file, a folder, an empty file and a header without rows are errors."""
     if not csv_path.is_file():
-        raise CohortError(f"{csv_path}: file not found")
+        raise _not_a_file(csv_path, header)
     text, notes = _decode_csv(csv_path)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if not reader.fieldnames:
-        raise CohortError(f"{csv_path}: empty CSV (expected a header row)")
-    return list(reader.fieldnames), list(reader), notes
+        raise CohortError(f"{csv_path}: the file is empty; it needs a header row ({header}) and one row per film")
+    rows = list(reader)
+    if not rows:
+        raise CohortError(f"{csv_path}: a header ({', '.join(reader.fieldnames)}) but no rows; add one row per "
+                          "film")
+    return list(reader.fieldnames), rows, notes
+
+
+WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def listed_path(rel: str, *bases: Path) -> tuple[Path, str]:
+    """(absolute path, image id) of a film a CSV lists as ``rel``, relative to the first of ``bases`` where it
+    exists. Windows separators are accepted: ``films\\a.png`` is read as ``films/a.png`` when only that exists.
+    A path found nowhere resolves against the first base (its id keeps the spelling with ``/``)."""
+    spellings = [rel] if "\\" not in rel else [rel, rel.replace("\\", "/")]
+    for spelling in spellings:
+        for base in bases:
+            path = (base / spelling).resolve()
+            if path.is_file():
+                return path, Path(spelling).as_posix()
+    return (bases[0] / spellings[-1]).resolve(), Path(spellings[-1]).as_posix()
+
+
+def missing_file_reason(rel: str) -> str:
+    """Why a listed film was not found, with the likely fix for a Windows drive path."""
+    if WINDOWS_DRIVE.match(rel):
+        return f"file not found ({rel} is a Windows drive path: list films relative to the CSV's folder, with /)"
+    return "file not found"
 
 
 def _task(task: LabelTask | None, label_map: Mapping[str, int] | None) -> LabelTask:
@@ -137,14 +181,16 @@ def read_manifest(manifest: str | Path, label_map: Mapping[str, int] | None = No
     used = {path_col, patient_col, *label_cols}
     listing = CohortListing(notes=notes)
     seen: dict[str, int] = {}
+    backslashes = 0
     for line, row in enumerate(rows, start=2):
         where = f"{manifest} row {line}"
         rel = (row.get(path_col) or "").strip()
         if not rel:
             listing.skipped.append(Skipped(f"<row {line}>", "", "no path in the manifest row"))
             continue
-        path = (manifest.parent / rel).resolve()
-        image_id = Path(rel).as_posix()
+        path, image_id = listed_path(rel, manifest.parent)
+        if "\\" in rel and "\\" not in image_id and path.is_file():
+            backslashes += 1
         if image_id in seen:
             raise CohortError(f"{where}: {rel!r} is listed twice (also row {seen[image_id]})")
         seen[image_id] = line
@@ -152,7 +198,7 @@ def read_manifest(manifest: str | Path, label_map: Mapping[str, int] | None = No
         patient = (row.get(patient_col) or "").strip()
         reason = (
             parsed if isinstance(parsed, str) else "missing patient id" if not patient
-            else "file not found" if not path.is_file() else ""
+            else missing_file_reason(rel) if not path.is_file() else ""
         )  # fmt: skip
         if reason:
             listing.skipped.append(Skipped(image_id, str(path), reason))
@@ -160,6 +206,8 @@ def read_manifest(manifest: str | Path, label_map: Mapping[str, int] | None = No
         target, label = parsed  # type: ignore[misc]
         extra = tuple((k, str(v)) for k, v in row.items() if k not in used and k is not None)
         listing.records.append(FilmRecord(image_id, path, patient, label, extra, target))
+    if backslashes:
+        listing.notes.append(f"{manifest}: {backslashes} path(s) written with Windows backslashes were read with /")
     return listing
 
 
@@ -182,7 +230,7 @@ def read_dicom_folder(
     labels_csv = Path(labels_csv).expanduser().resolve()
     if not folder.is_dir():
         raise CohortError(f"{folder}: DICOM folder not found")
-    header, rows, notes = read_csv_rows(labels_csv)
+    header, rows, notes = read_csv_rows(labels_csv, LABELS_HEADER)
     file_col = find_column(header, PATH_COLUMNS)
     uid_col = find_column(header, UID_COLUMNS)
     patient_col = find_column(header, PATIENT_COLUMNS)
@@ -198,8 +246,7 @@ def read_dicom_folder(
         where = f"{labels_csv} row {line}"
         if file_col and (row.get(file_col) or "").strip():
             rel = row[file_col].strip()
-            candidates = [(labels_csv.parent / rel).resolve(), (folder / rel).resolve()]
-            key = next((c for c in candidates if c.is_file()), candidates[0])
+            key, _ = listed_path(rel, labels_csv.parent, folder)
             if key in by_file:
                 raise CohortError(f"{where}: {rel!r} names the same file as row {by_file[key][0]} ({key}); "
                                   "give each film one label row")

@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pneumollm.data.cohort_report import no_usable_films, summary_lines
 from pneumollm.data.film_array import load_film_array
 from pneumollm.data.folds import FOLDS_FILE, FoldSplit, load_or_make_folds, split_fold
 from pneumollm.data.lungs.base import LungSegmenter
@@ -196,13 +197,28 @@ class CohortDataModule(L.LightningDataModule):
             listing, self.prepared_dir, self.settings, partial(build_segmenter, self.lungs),
             workers=cpu_workers(self.preprocess_workers), progress=self.progress,
         )
-        for line in self.cohort.summary_lines():
+        if not self.cohort.films:
+            raise no_usable_films(self.cohort.skipped, self._source_name(), self.cohort.report_csv,
+                                  self._source_csv())
+        for line in summary_lines(self.cohort):
             say(f"[bold]cohort[/bold] {line}")
         pairs = [(f.patient_id, f.target) for f in self.cohort.films]
         load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, self.regenerate_folds,
                            task=self.task)
         self.regenerate_folds = False  # once per run, not once per stage
         self._identity = None
+
+    def _source_csv(self) -> Path | None:
+        """The CSV whose rows list the films (a manifest, a labels CSV), if the cohort has one."""
+        key = {"manifest": "manifest", "dicom_folder": "labels"}.get(str(self.source.get("kind")))
+        return Path(str(self.source[key])).expanduser().resolve() if key and self.source.get(key) else None
+
+    def _source_name(self) -> str:
+        """The cohort as the user gave it: the manifest, the DICOM folder, or its name."""
+        if self.source.get("kind") == "dicom_folder" and self.source.get("folder"):
+            return str(Path(str(self.source["folder"])).expanduser().resolve())
+        csv_file = self._source_csv()
+        return str(csv_file) if csv_file is not None else f"cohort {self.cohort_name}"
 
     def cohort_identity(self) -> dict[str, Any]:
         """What the prepared cohort contributes to a run's result, independent of where anything lives.

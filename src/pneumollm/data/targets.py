@@ -213,9 +213,12 @@ class LabelTask:
         wanted = (canonical_column(self.label_column),) if self.label_column else candidates
         found = next((by_canon[c] for c in wanted if c in by_canon), None)
         if found is None:
-            what = f"the label column {self.label_column!r} (data.label_column)" if self.label_column \
-                else "a 'label' column"
-            raise LabelError(f"{source}: need {what}; found {', '.join(header)}")
+            columns = ", ".join(repr(h) for h in header)
+            if self.label_column:
+                raise LabelError(f"{source}: no column {self.label_column!r} (data.label_column); the columns are "
+                                 f"{columns}: set data.label_column to one of them")
+            raise LabelError(f"{source}: no label column (looked for {', '.join(candidates)}, in any case); the "
+                             f"columns are {columns}: name the one holding the labels with data.label_column=NAME")
         return (found,)
 
     def parse(self, row: Mapping[str, object], columns: Sequence[str], where: str) -> tuple[int, int] | str:

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from pneumollm.analysis.collect import RUNS_SUBDIR, AggregationError, Prediction, collect_runs, split_complete
+from pneumollm.analysis.collect import (
+    RUNS_SUBDIR,
+    AggregationError,
+    Prediction,
+    check_complete,
+    collect_runs,
+    split_complete,
+)
 from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_bootstrap_difference, rank_auc
 from pneumollm.data.cohort import FilmRecord
 from pneumollm.inference.inputs import InputFilm, prepare_inputs
@@ -65,9 +72,12 @@ def score_arms(runs_dir: Path, records: list[FilmRecord], n_boot: int = 2000, ov
     """(each complete arm on the films, the films used, the reference arm). Films that fail preprocessing for
     any arm are left out for every arm, so all arms are compared on the same films."""
     arms = collect_runs(runs_dir)
-    complete, incomplete = split_complete(arms, num_folds, partial=True, source=runs_dir)
-    for name, problems in incomplete.items():
-        say(f"[yellow]{name} left out (not finished): {problems[0]}")
+    unfinished = {name: problems[0] for name, arm in arms.items() if (problems := check_complete(arm, num_folds))}
+    if len(unfinished) == len(arms):
+        raise AggregationError(f"no arm has all {num_folds} folds ({'; '.join(unfinished.values())})")
+    complete, _ = split_complete(arms, num_folds, partial=True, source=runs_dir)
+    for name, problem in unfinished.items():
+        say(f"[yellow]{name} left out (not finished): {problem}")
     models: dict[str, TrainedModel] = {}
     prepared: dict[str, list[InputFilm]] = {}
     for name in complete:
@@ -197,14 +207,23 @@ def external_validation(table_dir: Path, data: Path, out: Path | None = None, n_
     if not listing.records:
         raise AggregationError(f"{data}: no usable external films")
     cohort = data_slug(str(data))
-    written = []
-    for study in find_studies(table_dir):
+    studies = find_studies(table_dir)
+    written, left_out = [], []
+    for study in studies:
         runs_dir = study / RUNS_SUBDIR if (study / RUNS_SUBDIR).is_dir() else study
-        arms, films, reference = score_arms(runs_dir, listing.records, n_boot, overrides, device, num_folds, progress)
+        try:
+            arms, films, reference = score_arms(runs_dir, listing.records, n_boot, overrides, device, num_folds,
+                                                progress)
+        except AggregationError as err:  # one unfinished study must not keep the others from being scored
+            left_out.append(f"{study}: {err}")
+            say(f"[yellow]study {study} left out: {err}")
+            continue
         say(f"{study.name}: {shift_line(arms, len(films))}")
-        target = (out / study.name if out is not None and len(find_studies(table_dir)) > 1 else out) or \
-            study / "external" / cohort
+        target = (out / study.name if out is not None and len(studies) > 1 else out) or study / "external" / cohort
         with output_set(target, "external") as stage:
             write_external(stage, arms, films, reference, f"{table_dir.name} ({study.name}) on {cohort}", n_boot)
         written.append(target)
+    if not written:
+        found = "; ".join(left_out) if left_out else f"{table_dir}: no runs found (no */fold*/metrics.json)"
+        raise AggregationError(f"no study of {table_dir} could be scored: {found}")
     return written

@@ -12,6 +12,9 @@ import os
 import resource
 import time
 import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +25,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.data.datamodule import CohortDataModule
 from pneumollm.data.film_profile import PROFILE_FILE, profile_prepared
-from pneumollm.errors import ConfigError, UserError, describe, find_user_error
+from pneumollm.errors import ConfigError, Interrupted, UserError, describe, find_user_error
 from pneumollm.models.param_count import ParameterCounts
+from pneumollm.training import sweep_report
 from pneumollm.training.losses import check_loss_for_task
 from pneumollm.training.module import RUN_IDENTITY_KEY, ClassificationModule
 from pneumollm.training.prefix_cache import CACHE_DIR, cache_prefix_features, plan_prefix_cache
 from pneumollm.training.records import (
     CHECKPOINT_DIR,
+    FAILED,
     FAILED_FILE,
     config_hash,
     read_job,
@@ -48,6 +54,7 @@ from pneumollm.training.records import (
 )
 from pneumollm.training.thresholds import threshold_mode, youden_threshold
 from pneumollm.utils.console import say
+from pneumollm.utils.quiet import quiet_wandb
 
 LOCK_FILE = ".lock"
 LAST_CHECKPOINT = "last.ckpt"
@@ -104,9 +111,14 @@ def wandb_settings(cfg: DictConfig, chash: str) -> dict[str, Any]:
 def _build_loggers(cfg: DictConfig, chash: str) -> list[Any]:
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
-        extra = wandb_settings(cfg, chash) if str(node.get("_target_", "")).endswith("WandbLogger") else {}
-        try:  # partial first: instantiate's own first parameter is called ``config``, as W&B's is
-            logger = instantiate(node, _partial_=True)(**extra)
+        try:
+            plain = OmegaConf.to_container(node, resolve=True)
+            verbose = bool(plain.pop("verbose", False))  # the suite's own key: how much W&B prints
+            extra = {}
+            if str(plain.get("_target_", "")).endswith("WandbLogger"):
+                extra = {**wandb_settings(cfg, chash), **quiet_wandb(verbose)}
+            # partial first: instantiate's own first parameter is called ``config``, as W&B's is
+            logger = instantiate(plain, _partial_=True)(**extra)
             # Lightning always passes ``anonymous`` to wandb.init, which then warns that it has no effect
             getattr(logger, "_wandb_init", {}).pop("anonymous", None)
             loggers.append(logger)
@@ -178,8 +190,9 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
                                 "user_error": find_user_error(err) is not None})
         if not _in_multirun():
             raise
-        say(f"[red]FAILED[/red] {_job_name(cfg)}: {describe(err)}"
-                      f" (recorded in {run_dir / FAILED_FILE}); the sweep goes on")
+        shown_by = sweep_report.first_shown_by(describe(err), _job_name(cfg))
+        why = describe(err) if shown_by is None else f"the same error as {shown_by}"
+        say(f"[red]FAILED[/red] {_job_name(cfg)}: {why} (recorded in {run_dir / FAILED_FILE}); the sweep goes on")
         return {"failed": True}
     finally:
         lock.release()
@@ -239,10 +252,12 @@ def _claim(run_dir: Path, cfg: DictConfig, chash: str, datamodule: CohortDataMod
     job = read_job(run_dir)
     owner = job.get("config_hash") if job else None
     if owner != chash:
-        where = set_aside(run_dir, str(owner or "unknown"))
+        failed = run_status(run_dir).state == FAILED
+        where = set_aside(run_dir, f"failed-{owner or 'attempt'}" if failed else str(owner or "unknown"))
         if where is not None:
-            say(f"[yellow]{_job_name(cfg)}: the folder held the outputs of another config "
-                          f"({owner or 'unknown'}); set aside in {where}[/yellow]")
+            what = ("a failed attempt" + (f" of config {owner}" if owner else "") if failed
+                    else f"another config ({owner})" if owner else "an earlier run without a recorded config")
+            say(f"[yellow]{_job_name(cfg)}: set aside the outputs of {what} in {where}[/yellow]")
     elif cfg.get("force", False):
         set_aside(run_dir, f"{chash}-forced")
     write_job(run_dir, {"config_hash": chash, "cohort": datamodule.cohort_identity(),
@@ -326,7 +341,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     test_ckpt: str | None = None
     if trainable > 0 and int(cfg.trainer.get("max_epochs", 1)) > 0:
         resume = _resume_path(last_cb or best_cb, run_dir, chash) if writer else _rank_zero_resume(last_cb or best_cb)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        _fit(trainer, module, datamodule, resume, _job_name(cfg))
         test_ckpt = _selected_checkpoint(cfg.selection, best_cb, last_cb)
     elif writer:
         say(f"{cfg.experiment.arm} has no trainable parameters: evaluating without training")
@@ -336,8 +351,9 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     tester = _single_process_tester(trainer, cfg)
     if tester is None:  # a DDP child: rank 0 tests the whole test set alone
         return {}
-    thresholds = _choose_threshold(cfg, tester, module, datamodule, test_ckpt)
-    tester.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+    with _named_interrupt(tester, _job_name(cfg)):
+        thresholds = _choose_threshold(cfg, tester, module, datamodule, test_ckpt)
+        tester.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
     peak_mb, peak_kind = _peak_memory_mb()
     test_set = datamodule.datasets["test"]
     preds = module.test_predictions
@@ -378,6 +394,30 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
         f"{k.split('/')[1]} {metrics[k]:.1f}" for k in ("test/sensitivity", "test/specificity", "test/accuracy",
                                                           "test/auc", "test/avg")) + f"  -> {run_dir}")
     return metrics
+
+
+@contextmanager
+def _named_interrupt(trainer: L.Trainer, job: str) -> Iterator[None]:
+    """Ctrl-C inside a Lightning call, which Lightning turns into ``sys.exit(1)``, as ``Interrupted`` saying
+    where the run stopped."""
+    try:
+        yield
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        where = f"at epoch {trainer.current_epoch}" if fitting else "while testing"
+        raise Interrupted(f"{job}: interrupted {where}; run the same command again to resume") from None
+
+
+def _fit(trainer: L.Trainer, module: ClassificationModule, datamodule: CohortDataModule, resume: str | None,
+         job: str) -> None:
+    """``trainer.fit``, resuming from ``resume`` (our own checkpoint: Lightning's warning that its folder is not
+    empty says nothing then)."""
+    with warnings.catch_warnings(), _named_interrupt(trainer, job):
+        if resume is not None:
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
 
 
 def _use_prefix_cache(cfg: DictConfig, net: Any, module: ClassificationModule, trainer: L.Trainer,

@@ -19,6 +19,32 @@ from pneumollm.training.records import FAILED, FAILED_FILE, run_status
 
 # Failures of the last sweep of this process (run folder, error), read by the console script for its exit code.
 LAST_SWEEP_FAILURES: list[tuple[Path, str]] = []
+# Errors this process has printed in full during the sweep, with the job that printed each: a cohort that cannot
+# be used fails every fold the same way, and its message is shown once, not once per fold.
+_SHOWN: dict[str, str] = {}
+
+
+def first_shown_by(error: str, job: str) -> str | None:
+    """The job that already printed ``error`` in this sweep, or None (``job`` is then noted as printing it)."""
+    if error in _SHOWN:
+        return _SHOWN[error]
+    _SHOWN[error] = job
+    return None
+
+
+def failure_lines(failures: list[tuple[Path, str]], sweep_dir: Path) -> list[str]:
+    """The end-of-sweep summary: the failed jobs grouped by error, each error once (or a pointer to where this
+    process already printed it)."""
+    by_error: dict[str, list[str]] = {}
+    for run_dir, reason in failures:
+        name = str(run_dir.relative_to(sweep_dir)) if run_dir.is_relative_to(sweep_dir) else str(run_dir)
+        by_error.setdefault(reason, []).append(name)
+    lines = [f"{len(failures)} job(s) of this sweep failed (under {sweep_dir}; each run folder holds failed.json "
+             "with the traceback; rerunning the sweep retries them and skips finished jobs):"]
+    for reason, names in by_error.items():
+        shown = _SHOWN.get(reason)
+        lines.append(f"  - {', '.join(names)}: " + (f"the error printed above for {shown}" if shown else reason))
+    return lines
 
 
 def failed_since(sweep_dir: Path, since: float) -> list[tuple[Path, str]]:
@@ -46,6 +72,7 @@ class FailedJobsReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.time() - 1.0  # file times can be coarser than the clock
         LAST_SWEEP_FAILURES.clear()
+        _SHOWN.clear()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -56,7 +83,4 @@ class FailedJobsReport(Callback):
         failures = failed_since(sweep_dir, self.started)
         LAST_SWEEP_FAILURES[:] = failures
         if failures:
-            lines = [f"{len(failures)} job(s) of this sweep failed (each run folder holds failed.json with the "
-                     "traceback; rerunning the sweep retries them and skips finished jobs):"]
-            lines += [f"  - {run_dir}: {reason}" for run_dir, reason in failures]
-            print("\n".join(lines), file=sys.stderr, flush=True)
+            print("\n".join(failure_lines(failures, sweep_dir)), file=sys.stderr, flush=True)

@@ -12,9 +12,11 @@ import logging
 import sys
 
 from rich.console import Console
+from rich.rule import Rule
 from rich.text import Text
 
 UNWRAPPED_WIDTH = 1000  # columns of a console whose stream is not a terminal: lines are never folded
+RULE_WIDTH = 80  # a separator line off a terminal (log files, pipes): as wide as a classic terminal
 
 
 def make_console(stderr: bool = True) -> Console:
@@ -22,6 +24,13 @@ def make_console(stderr: bool = True) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     terminal = hasattr(stream, "isatty") and stream.isatty()
     return Console(stderr=stderr, width=None if terminal else UNWRAPPED_WIDTH, soft_wrap=not terminal)
+
+
+def rule(console: Console, title: str = "") -> None:
+    """A separator line with ``title``: the terminal's width on a terminal, ``RULE_WIDTH`` columns elsewhere
+    (never the unwrapped console's width)."""
+    width = console.width if console.is_terminal else min(console.width, RULE_WIDTH)
+    console.print(Rule(title), width=width)
 
 
 CONSOLE = make_console()
