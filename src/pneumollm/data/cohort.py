@@ -117,16 +117,20 @@ def _not_a_file(csv_path: Path, header: str) -> CohortError:
                        "films is read with data=dicom_folder data.source.folder=FOLDER data.source.labels=LABELS.csv")
 
 
-def read_csv_rows(csv_path: Path, header: str = MANIFEST_HEADER) -> tuple[list[str], list[dict[str, str]], list[str]]:
+def read_csv_rows(csv_path: Path, header: str = MANIFEST_HEADER, allow_empty: bool = False
+                  ) -> tuple[list[str], list[dict[str, str]], list[str]]:
     """Header, rows and decoding notes of a CSV; ``header``: the columns it should have, for error messages.
-    A missing file, a folder, an empty file and a header without rows are errors."""
+    A missing file and a folder are errors; so are an empty file and a header without rows, unless
+    ``allow_empty`` (prediction lists such a manifest as a skipped input instead)."""
     if not csv_path.is_file():
         raise _not_a_file(csv_path, header)
     text, notes = _decode_csv(csv_path)
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = list(reader) if reader.fieldnames else []
+    if allow_empty:
+        return list(reader.fieldnames or []), rows, notes
     if not reader.fieldnames:
         raise CohortError(f"{csv_path}: the file is empty; it needs a header row ({header}) and one row per film")
-    rows = list(reader)
     if not rows:
         raise CohortError(f"{csv_path}: a header ({', '.join(reader.fieldnames)}) but no rows; add one row per "
                           "film")

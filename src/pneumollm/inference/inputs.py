@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumollm.data.cohort import PATH_COLUMNS, find_column, read_csv_rows
+from pneumollm.data.cohort import PATH_COLUMNS, find_column, listed_path, read_csv_rows
 from pneumollm.data.dicom import UnreadableImageError
 from pneumollm.data.film_source import FilmSource, film_source, is_film_candidate
 from pneumollm.data.preprocess import PreprocessSettings, process_film
@@ -67,7 +67,7 @@ def _folder_note(folder: Path, others: list[Path]) -> str:
 
 
 def _from_manifest(manifest: Path, notes: list[str]) -> list[InputFilm]:
-    header, rows, read_notes = read_csv_rows(manifest)
+    header, rows, read_notes = read_csv_rows(manifest, allow_empty=True)
     notes += read_notes
     column = find_column(header, PATH_COLUMNS)
     if column is None:
@@ -81,7 +81,7 @@ def _from_manifest(manifest: Path, notes: list[str]) -> list[InputFilm]:
             films.append(InputFilm(manifest, f"{manifest.name}:row {line}", extra, status="skipped",
                                    reason="no path in the manifest row"))
             continue
-        films.append(InputFilm((manifest.parent / rel).resolve(), rel, extra))
+        films.append(InputFilm(listed_path(rel, manifest.parent)[0], rel, extra))  # also Windows separators
     if not films:
         films.append(InputFilm(manifest, str(manifest), status="skipped", reason="the manifest has no rows"))
     return films
