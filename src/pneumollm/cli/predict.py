@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="a run folder (fold<k>/), an arm folder (fold*/) or an export")
     parser.add_argument("inputs", nargs="+", help="films, folders of films, or a manifest CSV")
-    parser.add_argument("--out", type=Path, required=True, help="the CSV to write (path,prob,pred,status,reason,...)")
+    parser.add_argument("--out", type=Path, required=True, help="the CSV to write (path,prob,logit,pred,...)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -46,7 +46,7 @@ def predict(args: argparse.Namespace) -> int:
 
     from pneumollm.inference.inputs import gather_inputs, prepare_inputs, write_rows
     from pneumollm.inference.models import load_trained
-    from pneumollm.inference.predict import FIRST_COLUMNS, fold_predictions, pick_device, prediction_rows
+    from pneumollm.inference.predict import FIRST_COLUMNS, fold_scores, pick_device, prediction_rows
 
     console = make_console()
     device = pick_device(args.device)
@@ -59,8 +59,9 @@ def predict(args: argparse.Namespace) -> int:
     prepare_inputs(films, model.settings, model.lungs, progress=not args.no_progress)
     ready = [f for f in films if f.status == "ok"]
     images = np.stack([f.image for f in ready]) if ready else np.zeros((0, 1, 1), dtype=np.uint8)
-    probs, outputs = fold_predictions(model, images, args.batch_size, progress=not args.no_progress)
-    write_rows(args.out, prediction_rows(model, films, probs, outputs), FIRST_COLUMNS)
+    scores = fold_scores(model, images, args.batch_size, progress=not args.no_progress)
+    probs = scores.probs
+    write_rows(args.out, prediction_rows(model, films, probs, scores.outputs, scores.log_odds), FIRST_COLUMNS)
     skipped = len(films) - len(ready)
     say(f"{len(ready)} films predicted, {skipped} skipped -> {args.out}", console)
     if args.explain and ready:
