@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 import pneumollm
+from pneumollm.data.targets import BINARY_CLASSES, check_class_names
 from pneumollm.inference.models import (
     EXPORT_FILE,
     FoldModel,
@@ -92,6 +93,7 @@ def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
               "arm": str(configs[0].experiment.arm), "label": str(configs[0].experiment.get("label", "")),
               "experiment": str(configs[0].experiment.name), "size": str(configs[0].get("size_name", "?")),
               "cohort": str(configs[0].data.get("cohort", "?")), "folds": folds,
+              "class_names": list(check_class_names(configs[0].data.get("class_names"))),
               "base_weights": _base_weights(configs[0]), "preprocessing": asdict(preprocess_settings(configs[0])),
               "summary": summary, "pooled_auc": None if pooled is None else
               {"estimate": pooled.estimate, "ci_low": pooled.low, "ci_high": pooled.high}}
@@ -103,10 +105,14 @@ def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
 def model_card(record: dict[str, Any]) -> str:
     """The export's README: what it is, what it was trained and validated on, how to load it."""
     folds = record["folds"]
+    negative, positive = record.get("class_names") or BINARY_CLASSES
     lines = [f"# {record['label'] or record['arm']} ({record['arm']}): a PneumoLLM suite model", "",
              f"Exported on {record['created']} by pneumollm {record['suite_version']} from the study "
-             f"`{record['experiment']}` ({record['size']} size) on the cohort `{record['cohort']}`.", "",
+             f"`{record['experiment']}` (size={record['size']}) on the cohort `{record['cohort']}`.", "",
              "## What it is", "",
+             f"A classifier of chest films into {positive} (class 1) and {negative} (class 0): for each film it "
+             f"gives P({positive}) (`prob`), its log-odds (`logit`) and the call `pred` = P({positive}) above "
+             "the threshold.", "",
              f"An ensemble of {len(folds)} fold models (patient-level {len(folds)}-fold cross-validation): each "
              "fold's trainable weights (`fold<k>.safetensors`) on top of frozen base weights that are not included:"]
     for part, base in record["base_weights"].items():
@@ -115,7 +121,8 @@ def model_card(record: dict[str, Any]) -> str:
         lines.append(f"- {part}: `{source}`")
     lines += ["", "## How it was validated", "",
               "Each fold model was selected on validation patients carved from its training patients and tested "
-              "once on its held-out fold.", "",
+              f"once on its held-out fold. Sens.: the share of {positive} films called {positive}; Spec.: the "
+              f"share of {negative} films called {negative}.", "",
               markdown_table(["fold", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "threshold"],
                              ([f["fold"], *(f"{f['metrics'].get(k, float('nan')):.2f}" for k in METRIC_KEYS),
                                f"{f['threshold']:.3f} ({f['threshold_mode']})"] for f in folds), align="right")]
