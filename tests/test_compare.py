@@ -41,7 +41,7 @@ def test_two_tables_side_by_side_with_b_minus_a(tmp_path: Path, capsys: pytest.C
     printed = capsys.readouterr().out
     line = next(t for t in printed.splitlines() if "pneumollm" in t and "│" in t)
     assert "85.00" in line and "84.00" in line and "-1.00" in line and "+2,703,990" in line  # one row, one line
-    assert f"A = {a / 'table.csv'}" in printed and "table6 (? size, 3-fold cross-validation)" in printed
+    assert f"A = {a / 'table.csv'}" in printed and "table6: 3-fold cross-validation, size=?" in printed
 
 
 def test_markdown_output_and_a_summary_without_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

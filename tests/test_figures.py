@@ -98,9 +98,9 @@ def test_tsne_shows_one_fold_per_model(tmp_path: Path, monkeypatch: pytest.Monke
             _features_run(tmp_path / "runs", arm, fold, n)
     shown = {}
 
-    def capture(features, path, title, seed=0):
+    def capture(features, path, title, seed=0, **words):
         shown.update(features=features, title=title)
-        return figures.plot_tsne(features, path, title, seed)
+        return figures.plot_tsne(features, path, title, seed, **words)
 
     monkeypatch.setattr(report, "plot_tsne", capture)
     aggregate_table(tmp_path / "runs", tmp_path, "table4", num_folds=3, n_boot=20, use_wandb=False)

@@ -194,12 +194,10 @@ def _fixed_stages(n: int = 80, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
 def test_fold_metrics_equal_scikit_learn_on_fixed_inputs() -> None:
     from sklearn.metrics import accuracy_score, cohen_kappa_score, recall_score, roc_auc_score
 
-    from pneumollm.training.task_metrics import TaskMetrics
+    from pneumollm.training.prediction_metrics import prediction_metrics, stage_confusion
 
     y, probs = _fixed_stages()
-    metrics = TaskMetrics(STAGES)
-    metrics.update(torch.tensor(probs, dtype=torch.float32), torch.tensor(y))
-    got = metrics.compute()
+    got = prediction_metrics((y >= 1).astype(int), 1 - probs[:, 0], 0.5, STAGES, y, probs)
     called = probs.argmax(axis=1)
     assert got["stage_accuracy"] == pytest.approx(accuracy_score(y, called) * 100, abs=1e-4)
     assert got["macro_auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr") * 100, abs=1e-3)
@@ -209,7 +207,8 @@ def test_fold_metrics_equal_scikit_learn_on_fixed_inputs() -> None:
         assert got[f"sensitivity_stage_{c}"] == pytest.approx(value, abs=1e-4)
     specificity_1 = ((called != 1) & (y != 1)).sum() / (y != 1).sum() * 100
     assert got["specificity_stage_1"] == pytest.approx(specificity_1, abs=1e-4)
-    assert np.array(metrics.confusion()).sum() == len(y)
+    assert got["auc"] == pytest.approx(roc_auc_score(y >= 1, 1 - probs[:, 0]) * 100, abs=1e-9)
+    assert np.array(stage_confusion(STAGES, y, probs)).sum() == len(y)
 
 
 def test_pooled_figures_and_their_fast_resample_form_equal_scikit_learn() -> None:
@@ -290,8 +289,8 @@ def test_a_staged_fold_writes_stage_columns_and_metrics_in_a_folder_of_its_own(s
     for key in ("test/stage_accuracy", "test/macro_auc", "test/kappa", "test/sensitivity_stage_3", "test/auc"):
         assert np.isfinite(metrics[key]), key
     rows = _rows(tmp_path / "staged" / "predictions.csv")
-    assert list(rows[0])[:12] == ["image_id", "patient_id", "fold", "label", "prob", "pred", "stage", "pred_stage",
-                                  "prob_stage_0", "prob_stage_1", "prob_stage_2", "prob_stage_3"]
+    assert list(rows[0])[:13] == ["image_id", "patient_id", "fold", "label", "prob", "logit", "pred", "stage",
+                                  "pred_stage", "prob_stage_0", "prob_stage_1", "prob_stage_2", "prob_stage_3"]
     for row in rows:
         stages = [float(row[f"prob_stage_{c}"]) for c in "0123"]
         assert sum(stages) == pytest.approx(1.0, abs=1e-5)

@@ -1,18 +1,21 @@
-"""The pooled AUC, one implementation for summaries, tables, intervals and external validation."""
+"""The figures of stored predictions, for the analysis layer: the one implementation of
+``training.prediction_metrics`` (which also gives each run's ``metrics.json``), re-exported here so that summaries,
+tables, intervals, subgroups and external validation compute every figure the same way."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from pneumollm.training.prediction_metrics import (  # noqa: F401  (re-exported)
+    BINARY_METRICS,
+    auc_percent,
+    binary_metrics,
+    prediction_metrics,
+    stage_confusion,
+    task_metrics,
+)
+
 
 def pooled_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """AUC (percent) of predictions pooled together (ties count half); NaN when one class is absent.
-
-    scikit-learn, imported here: a summary needs nothing heavier (no torch), so ``pneumollm-aggregate`` starts fast.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(roc_auc_score(labels, np.asarray(probs, dtype=np.float64))) * 100
+    """AUC (percent) of predictions pooled together (ties count half); NaN when one class is absent."""
+    return auc_percent(labels, probs)

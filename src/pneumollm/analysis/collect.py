@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pneumollm.data.targets import BINARY, MULTICLASS, MULTILABEL, LabelTask
+from pneumollm.data.targets import BINARY, BINARY_CLASSES, MULTICLASS, MULTILABEL, LabelTask
 from pneumollm.errors import UserError
 from pneumollm.training.records import (
     COMPLETE,
@@ -40,11 +40,12 @@ class Prediction:
     image_id: str
     patient_id: str
     fold: int
-    label: int  # any pneumoconiosis (0/1)
-    prob: float  # P(any pneumoconiosis)
+    label: int  # the "any" class (0/1; pneumoconiosis by default, data.class_names)
+    prob: float  # P(label 1), as written (exactly since the logit column exists; to 6 decimals before)
     extra: dict[str, str] = field(default_factory=dict)  # the cohort's own columns (site, scanner, ...)
     target: tuple[int, ...] = ()  # staged / multi-label runs: (stage index,) or one 0/1 per finding
     outputs: tuple[float, ...] = ()  # staged / multi-label runs: the model's probability of each output
+    logit: float | None = None  # log-odds of prob from the model's logits (None in runs made before it existed)
 
 
 @dataclass
@@ -59,6 +60,8 @@ class ArmRuns:
     predictions: list[Prediction] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # fold -> why the fold has no current result
     run_dirs: dict[int, Path] = field(default_factory=dict)
+    class_names: tuple[str, str] = BINARY_CLASSES  # the words of label 0 and label 1 (data.class_names)
+    size: str | None = None  # size_name of the runs (tiny: the CPU stand-ins); None when unrecorded
 
 
 def read_predictions(path: Path, task: LabelTask | None = None) -> list[Prediction]:
@@ -68,7 +71,8 @@ def read_predictions(path: Path, task: LabelTask | None = None) -> list[Predicti
     own = {*PREDICTION_COLUMNS, *task_column_names(task)}
     with path.open(newline="", encoding="utf-8") as handle:
         return [Prediction(r["image_id"], r["patient_id"], int(r["fold"]), int(r["label"]), float(r["prob"]),
-                           {k: v for k, v in r.items() if k not in own and k is not None}, *_task_values(task, r))
+                           {k: v for k, v in r.items() if k not in own and k is not None}, *_task_values(task, r),
+                           logit=float(r["logit"]) if r.get("logit") else None)
                 for r in csv.DictReader(handle)]
 
 
@@ -154,6 +158,7 @@ def collect_runs(experiment_dir: str | Path) -> dict[str, ArmRuns]:
         arm.folds[fold] = info
         arm.run_dirs[fold] = run_dir
         arm.label = str(info.get("label") or arm.label)
+        arm.class_names, arm.size = recorded_words(run_dir, info)
         predictions = run_dir / PREDICTIONS_FILE
         if not predictions.is_file():
             raise AggregationError(f"{predictions}: missing (the run wrote metrics.json but no predictions)")
@@ -162,6 +167,29 @@ def collect_runs(experiment_dir: str | Path) -> dict[str, ArmRuns]:
         raise AggregationError(f"{root}: no runs found (no */fold*/metrics.json)")
     check_one_cohort(arms)
     return arms
+
+
+def recorded_words(run_dir: Path, info: dict[str, Any]) -> tuple[tuple[str, str], str | None]:
+    """(class names, size) a run recorded in metrics.json, else in its config.yaml (runs made before
+    ``data.class_names``), else the defaults."""
+    names, size = info.get("class_names"), info.get("size")
+    if names is None or size is None:
+        config = _config_values(run_dir)
+        names = names or (config.get("data") or {}).get("class_names")
+        size = size or config.get("size_name")
+    words = tuple(str(n) for n in names) if names and len(names) == 2 else BINARY_CLASSES
+    return words, None if size in (None, "?") else str(size)  # type: ignore[return-value]
+
+
+def _config_values(run_dir: Path) -> dict[str, Any]:
+    """The run's resolved config.yaml as plain data ({} when absent or unreadable)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _fold_from_name(run_dir: Path) -> int:
@@ -240,5 +268,5 @@ def _fold_value(run_dir: Path, info: dict[str, Any], key: str, default: float) -
 
 
 def run_thresholds(arm: ArmRuns) -> dict[int, float]:
-    """Each fold's P(pneumoconiosis) cut-off (``threshold``; 0.5 where the run recorded none)."""
+    """Each fold's cut-off on P(label 1) (``threshold``; 0.5 where the run recorded none)."""
     return {fold: _fold_value(arm.run_dirs[fold], info, "threshold", 0.5) for fold, info in arm.folds.items()}

@@ -21,6 +21,8 @@ from sklearn.manifold import TSNE
 from pneumollm.analysis.collect import ArmRuns
 from pneumollm.analysis.stats import Interval, patient_resamples
 from pneumollm.analysis.summary import ArmSummary
+from pneumollm.analysis.wording import probability_name
+from pneumollm.data.targets import BINARY_CLASSES
 from pneumollm.utils.io import atomic_write
 
 RIGHT, WRONG = "#1a1a1a", "#c0182a"  # the colours of a right and a wrong call in the film panel
@@ -156,8 +158,10 @@ def plot_metric_curve(xs: Sequence[float], summaries: Sequence[ArmSummary], x_la
 # --- t-SNE of one fold ----------------------------------------------------------------------------------------
 
 
-def plot_tsne(features: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str, seed: int = 0) -> Path:
-    """t-SNE of each arm's head-input features of its test films, coloured by label (paper Fig. 5).
+def plot_tsne(features: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str, seed: int = 0,
+              class_names: Sequence[str] = BINARY_CLASSES) -> Path:
+    """t-SNE of each arm's head-input features of its test films, coloured by label (paper Fig. 5; the legend
+    names the classes by ``class_names``).
 
     Each arm's features must come from one model (one fold's run): different folds' models have different
     feature spaces, so the caller picks the fold and says which in ``title``.
@@ -176,14 +180,14 @@ def plot_tsne(features: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, ti
         perplexity = max(2.0, min(30.0, (len(x) - 1) / 3))
         embedded = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(
             x.astype(np.float64))
-        for label, colour, text in ((0, "tab:blue", "normal"), (1, "tab:red", "pneumoconiosis")):
+        for label, colour, text in ((0, "tab:blue", class_names[0]), (1, "tab:red", class_names[1])):
             mask = y == label
             ax.scatter(embedded[mask, 0], embedded[mask, 1], s=10, c=colour, label=text, alpha=0.8, lw=0)
         ax.set_title(f"{name} ({len(x)} films)", fontsize=9)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
     handles = [plt.Line2D([], [], ls="", marker="o", ms=5, c=c, label=t)
-               for c, t in (("tab:blue", "normal"), ("tab:red", "pneumoconiosis"))]
+               for c, t in (("tab:blue", class_names[0]), ("tab:red", class_names[1]))]
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
@@ -227,7 +231,7 @@ def select_panel_films(films: Mapping[str, tuple[int, int]], calls: Mapping[str,
 
     First the arms' errors: each arm's false positives and false negatives are covered by at least one film
     where the budget allows (greedily, the film wrong for most uncovered (arm, kind) pairs, most confident error
-    first). Then films every arm gets right, alternating normal and pneumoconiosis and spread over folds.
+    first). Then films every arm gets right, alternating the two classes and spread over folds.
     """
     errors: dict[str, set[tuple[str, str]]] = defaultdict(set)  # film -> (arm, kind) it shows
     margin: dict[str, float] = defaultdict(float)  # film -> summed distance of its wrong calls from the threshold
@@ -280,9 +284,15 @@ def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+def film_panel_title(title: str, class_names: Sequence[str] = BINARY_CLASSES, cut: str = "0.5") -> str:
+    """The film panel's title: ``title``, then what the numbers are (P(class 1) in %) and what the marks mean."""
+    return f"{title}\n{probability_name(class_names)} in % per arm; red ✗: wrong at the run's threshold ({cut})"
+
+
 def plot_film_panel(films: Sequence[PanelFilm], calls: Mapping[str, Mapping[str, Call]], path: Path,
-                    title: str, max_cols: int = 4) -> Path:
-    """Test films with every arm's P(pneumoconiosis) in percent, wrong calls in red (paper Fig. 4).
+                    title: str, max_cols: int = 4, class_names: Sequence[str] = BINARY_CLASSES) -> Path:
+    """Test films with every arm's P(class 1) in percent, wrong calls in red (paper Fig. 4); each film headed by
+    its class in ``class_names`` (label 0, label 1).
 
     ``calls``: arm label -> image_id -> the arm's call on that film.
     """
@@ -303,7 +313,7 @@ def plot_film_panel(films: Sequence[PanelFilm], calls: Mapping[str, Mapping[str,
                     if film.image_id in by_film and _error(by_film[film.image_id], film.label))
         short = "/".join(Path(film.image_id).parts[-2:])
         head.axis("off")
-        head.text(0.5, 0.12, f"{'pneumoconiosis' if film.label else 'normal'} · fold {film.fold}\n"
+        head.text(0.5, 0.12, f"{class_names[1] if film.label else class_names[0]} · fold {film.fold}\n"
                   f"{_short(short, 22)} · wrong for {wrong}/{len(calls)}", fontsize=8.5, ha="center", va="bottom",
                   color=WRONG if wrong else RIGHT, transform=head.transAxes, linespacing=1.3)
         if film.file is not None:
@@ -328,6 +338,5 @@ def plot_film_panel(films: Sequence[PanelFilm], calls: Mapping[str, Mapping[str,
                       weight="bold" if colour == WRONG else "normal")
     thresholds = sorted({call.threshold for by_film in calls.values() for call in by_film.values()})
     cut = f"{thresholds[0]:g}" if len(thresholds) == 1 else "each run's own"
-    fig.suptitle(f"{title}\nP(pneumoconiosis) in % per arm; red ✗: wrong at the run's threshold ({cut})",
-                 fontsize=10, y=1 - 0.06 / height, va="top")
+    fig.suptitle(film_panel_title(title, class_names, cut), fontsize=10, y=1 - 0.06 / height, va="top")
     return _save(fig, path)

@@ -33,6 +33,8 @@ from pneumollm.analysis.tables import (
     row_cells,
     write_table,
 )
+from pneumollm.analysis.wording import class_words, common_class_names, probability_name, size_words
+from pneumollm.data.targets import BINARY_CLASSES
 from pneumollm.training.records import CONFIG_FILE, FEATURES_FILE
 from pneumollm.utils.console import make_console
 from pneumollm.utils.quiet import quiet_wandb
@@ -210,7 +212,7 @@ def _full_size_or_none(console: Console) -> Callable[[str], int | None]:
 
 
 def threshold_note(arms: list[ArmRuns]) -> str:
-    """Which P(pneumoconiosis) cut-off the sensitivity, specificity and accuracy of each arm were computed at."""
+    """Which cut-off on P(class 1) the sensitivity, specificity and accuracy of each arm were computed at."""
     fixed, chosen = set(), []
     for arm in arms:
         thresholds = run_thresholds(arm)
@@ -226,7 +228,8 @@ def threshold_note(arms: list[ArmRuns]) -> str:
     if chosen:
         parts.append("chosen per fold on its validation patients by Youden's J (mean ± std over folds): "
                      + "; ".join(chosen))
-    return "Threshold on P(pneumoconiosis) for Sens./Spec./Acc.: " + "; ".join(parts) + "."
+    names = common_class_names(a.class_names for a in arms)
+    return f"Threshold on {probability_name(names)} for Sens./Spec./Acc.: " + "; ".join(parts) + "."
 
 
 def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, reference: str | None = None,
@@ -255,8 +258,11 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
                       summaries=summaries)
     out_dir = Path(out_dir)
     size = OmegaConf.select(sample_config, "size_name", default="?")
-    title = title or f"{table} ({size} size, {num_folds}-fold cross-validation)"
+    title = title or table_title(table, ordered, num_folds)
+    names = common_class_names(a.class_names for a in ordered)
     notes = [
+        f"Class 1: {names[1]}, class 0: {names[0]} (data.class_names); every figure is computed from the runs' "
+        "predictions.csv files (docs/tables.md).",
         "Figures in percent: mean ± sample std (ddof=1) over folds; pooled AUC over all out-of-fold predictions "
         f"with a 95% percentile bootstrap interval resampling patients ({n_boot} resamples); Δ = paired "
         f"difference to the reference arm ({reference or 'none'}) over folds with a 95% t interval.",
@@ -278,7 +284,7 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
         what = "stage >= 1, P = the sum of the stage >= 1 probabilities" if "multiclass" in tasks else \
             "the primary finding, P = its sigmoid"
         notes.append(f"{'Staged' if 'multiclass' in tasks else 'Multi-label'} runs: Sens./Spec./Acc./AUC/AVG are "
-                     f"for any pneumoconiosis ({what}); the paper's columns report its binary task. The task's own "
+                     f"for any {names[1]} ({what}); the paper's columns report its binary task. The task's own "
                      "figures follow the notes.")
     if incomplete:
         notes.append("Incomplete arms left out: " + "; ".join(p for ps in incomplete.values() for p in ps))
@@ -293,13 +299,23 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
     return report
 
 
+def table_title(table: str, arms: list[ArmRuns], num_folds: int) -> str:
+    """table.md's title: the table, the folds, the size of the arms (``size=tiny (CPU stand-ins)``) and, for a
+    cohort with its own class names, its classes."""
+    names = common_class_names(a.class_names for a in arms)
+    classes = "" if names == BINARY_CLASSES else f", {class_words(names)}"
+    return f"{table}: {num_folds}-fold cross-validation, {size_words(a.size for a in arms)}{classes}"
+
+
 def table_figures(ordered: list[ArmRuns], rows: list[TableRow], out_dir: Path, table: str,
                   config: DictConfig, curve: dict[str, float] | None, n_boot: int = 2000,
                   tsne_fold: int | None = None) -> list[Path]:
     """The table's figures: roc.png, curve.png (figures with a swept setting), tsne.png and films.png where the
     runs saved features and the prepared cohort is readable."""
     summaries = [r.summary for r in rows]
-    figures = [plot_roc(ordered, summaries, out_dir / "roc.png", f"{table}: pooled out-of-fold ROC",
+    names = common_class_names(a.class_names for a in ordered)
+    figures = [plot_roc(ordered, summaries, out_dir / "roc.png",
+                        f"{table}: pooled out-of-fold ROC of {probability_name(names)}",
                         intervals=[r.pooled_auc for r in rows], n_boot=n_boot)]
     if curve:
         xs = [curve[a.arm] for a in ordered]
@@ -311,7 +327,7 @@ def table_figures(ordered: list[ArmRuns], rows: list[TableRow], out_dir: Path, t
     if features:
         figures.append(plot_tsne(features, out_dir / "tsne.png",
                                  f"{table}: t-SNE of head-input features, fold {fold}'s test films "
-                                 f"(each arm's fold-{fold} model)"))
+                                 f"(each arm's fold-{fold} model)", class_names=names))
     if any(s.task is not None for s in summaries):
         from pneumollm.analysis.task_figures import plot_confusion_matrices, plot_output_rocs
 
@@ -324,7 +340,8 @@ def table_figures(ordered: list[ArmRuns], rows: list[TableRow], out_dir: Path, t
     films, calls = _panel_films(ordered)
     if films:
         figures.append(plot_film_panel(films, calls, out_dir / "films.png",
-                                       f"{table}: test films across folds, including each arm's errors"))
+                                       f"{table}: test films across folds, including each arm's errors",
+                                       class_names=names))
     return figures
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumollm.analysis.auc import binary_metrics
 from pneumollm.analysis.collect import AggregationError, ArmRuns, run_thresholds
 from pneumollm.analysis.stats import bootstrap_auc_by_patient
 from pneumollm.utils.io import atomic_write, atomic_write_text
@@ -19,10 +20,6 @@ from pneumollm.utils.markdown import markdown_table
 COLUMNS = ("arm", "label", "value", "films", "patients", "positive_films", "sensitivity", "specificity",
            "accuracy", "pooled_auc", "pooled_auc_ci_low", "pooled_auc_ci_high")
 MISSING = "(none)"
-
-
-def _percent(numerator: int, denominator: int) -> float:
-    return 100.0 * numerator / denominator if denominator else float("nan")
 
 
 def subgroup_rows(arms: Sequence[ArmRuns], column: str, n_boot: int = 2000) -> list[dict[str, object]]:
@@ -40,15 +37,13 @@ def subgroup_rows(arms: Sequence[ArmRuns], column: str, n_boot: int = 2000) -> l
         for value in sorted(groups):
             preds = groups[value]
             y = np.array([p.label for p in preds])
-            called = np.array([p.prob > thresholds.get(p.fold, 0.5) for p in preds])
-            tp, tn = int(((y == 1) & called).sum()), int(((y == 0) & ~called).sum())
-            auc = bootstrap_auc_by_patient(y.tolist(), [p.prob for p in preds], [p.patient_id for p in preds],
-                                           n_boot=n_boot)
+            probs = [p.prob for p in preds]
+            figures = binary_metrics(y, probs, [thresholds.get(p.fold, 0.5) for p in preds])
+            auc = bootstrap_auc_by_patient(y.tolist(), probs, [p.patient_id for p in preds], n_boot=n_boot)
             rows.append({"arm": arm.arm, "label": arm.label, "value": value, "films": len(preds),
                          "patients": len({p.patient_id for p in preds}), "positive_films": int(y.sum()),
-                         "sensitivity": _percent(tp, int(y.sum())), "specificity": _percent(tn, int((y == 0).sum())),
-                         "accuracy": _percent(tp + tn, len(preds)), "pooled_auc": auc.estimate,
-                         "pooled_auc_ci_low": auc.low, "pooled_auc_ci_high": auc.high})
+                         **{m: figures[m] for m in ("sensitivity", "specificity", "accuracy")},
+                         "pooled_auc": auc.estimate, "pooled_auc_ci_low": auc.low, "pooled_auc_ci_high": auc.high})
     return rows
 
 
@@ -56,8 +51,8 @@ def write_subgroups(rows: list[dict[str, object]], column: str, out_dir: Path) -
     """``by_<column>.csv`` (numbers, empty where undefined) and ``by_<column>.md`` (formatted)."""
     csv_path, md_path = out_dir / f"by_{column}.csv", out_dir / f"by_{column}.md"
 
-    def number(value: object) -> str:
-        return "" if isinstance(value, float) and np.isnan(value) else f"{value:.4f}" if isinstance(value, float) \
+    def number(value: object) -> str:  # figures unrounded: the shortest text that reads back as the same float
+        return "" if isinstance(value, float) and np.isnan(value) else repr(float(value)) if isinstance(value, float) \
             else str(value)
 
     def writer(tmp: Path) -> None:

@@ -12,7 +12,8 @@ import numpy as np
 
 from pneumollm.analysis.auc import pooled_auc
 from pneumollm.analysis.collect import ArmRuns
-from pneumollm.data.targets import BINARY
+from pneumollm.analysis.wording import class_words, common_class_names, probability_name, size_words
+from pneumollm.data.targets import BINARY, BINARY_CLASSES
 from pneumollm.utils.io import atomic_write, atomic_write_text
 from pneumollm.utils.markdown import markdown_table
 
@@ -37,11 +38,16 @@ class ArmSummary:
     peak_memory_mb: float
     films: int
     task: TaskSummary | None = None  # staged / multi-label arms: their own figures (binary: None)
+    class_names: tuple[str, str] = BINARY_CLASSES  # the words of label 0 and label 1
+    size: str | None = None  # size_name of the runs (tiny: the CPU stand-ins)
 
 
 def summarise_arm(arm: ArmRuns, n_boot: int = 2000) -> ArmSummary:
     """Mean and sample std (ddof=1) over folds of each metric, and the pooled out-of-fold AUC; for a staged or
-    multi-label arm also its task's figures (``task_summary``; ``n_boot`` resamples for their intervals)."""
+    multi-label arm also its task's figures (``task_summary``; ``n_boot`` resamples for their intervals).
+
+    Each fold's figures are its run's ``metrics.json``, which the run computed from the predictions it wrote with
+    the same function (``training.prediction_metrics``) that gives the pooled figures here."""
     folds = sorted(arm.folds)
     per_fold = {f: {m: float(arm.folds[f][f"test/{m}"]) for m in METRICS} for f in folds}
     values = {m: np.array([per_fold[f][m] for f in folds]) for m in METRICS}
@@ -56,6 +62,7 @@ def summarise_arm(arm: ArmRuns, n_boot: int = 2000) -> ArmSummary:
         peak_memory_mb=float(max(arm.folds[f].get("peak_memory_mb", 0.0) for f in folds)),
         films=len(arm.predictions),
         task=_task_summary(arm, n_boot),
+        class_names=arm.class_names, size=arm.size,
     )
 
 
@@ -120,7 +127,9 @@ def in_order(summaries: list[ArmSummary], order: Sequence[str] | None) -> list[A
 
 
 def _number(value: float) -> float | str:
-    return "" if np.isnan(value) else round(value, 4)
+    """A figure for the CSV: unrounded (written as the shortest text that reads back as the same float), so the
+    formatted cells of the Markdown files and of ``pneumollm-compare`` agree to their last digit."""
+    return "" if np.isnan(value) else float(value)
 
 
 def summary_rows(summaries: list[ArmSummary], order: Sequence[str] | None = None) -> list[dict[str, str]]:
@@ -134,6 +143,14 @@ def summary_rows(summaries: list[ArmSummary], order: Sequence[str] | None = None
                      **{HEADERS[m]: f"{_fmt(s.mean[m])} ± {_fmt(s.std[m])}" for m in METRICS},
                      "pooled AUC": _fmt(s.pooled_auc)})
     return rows
+
+
+def summary_title(summaries: Sequence[ArmSummary]) -> str:
+    """summary.md's title: the folds, the size of the arms (``size=tiny: CPU stand-ins``) and the classes."""
+    folds = max((len(s.per_fold) for s in summaries), default=0)
+    names = common_class_names(s.class_names for s in summaries)
+    return (f"Summary: {folds}-fold cross-validation, {size_words(s.size for s in summaries)}, "
+            f"{class_words(names)}")
 
 
 def write_summary(summaries: list[ArmSummary], out_dir: str | Path,
@@ -167,11 +184,15 @@ def write_summary(summaries: list[ArmSummary], out_dir: str | Path,
     atomic_write(csv_path, write_csv)
     rows = summary_rows(summaries)
     header = list(rows[0])
-    lines = [markdown_table(header, ([r[h] for h in header] for r in rows))]
-    note = ("\nAll figures in percent. Per-fold figures on each fold's test patients; mean ± sample standard "
-            "deviation (ddof=1) over folds; pooled AUC over all out-of-fold predictions together.")
+    names = common_class_names(s.class_names for s in summaries)
+    lines = [f"# {summary_title(summaries)}", "", markdown_table(header, ([r[h] for h in header] for r in rows))]
+    note = (f"\nAll figures in percent. Class 1: {names[1]}, class 0: {names[0]}; Sens. is the share of {names[1]} "
+            f"films called {names[1]}, Spec. the share of {names[0]} films called {names[0]}, AUC that of "
+            f"{probability_name(names)}. Per-fold figures on each fold's test patients; mean ± sample standard "
+            "deviation (ddof=1) over folds; pooled AUC over all out-of-fold predictions together. Every figure is "
+            "computed from the runs' predictions.csv files (docs/tables.md).")
     if any(s.task is not None for s in summaries):
-        note += (" Sens./Spec./Acc./AUC/AVG: 'any pneumoconiosis' (stage >= 1, or the primary finding) from "
+        note += (f" Sens./Spec./Acc./AUC/AVG: 'any {names[1]}' (stage >= 1, or the primary finding) from "
                  "P(any), the sum of the stage >= 1 probabilities (or the primary finding's sigmoid).")
     atomic_write_text(md_path, "\n".join([*lines, note, *task_sections(summaries)]) + "\n")
     return csv_path, md_path

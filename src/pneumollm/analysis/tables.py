@@ -150,10 +150,12 @@ CSV_COLUMNS = (
 )
 
 
-def _number_or_empty(value: float | None, digits: int = 4) -> float | str:
+def _number_or_empty(value: float | None) -> float | str:
+    """A number for table.csv, unrounded (the shortest text that reads back as the same float), so the formatted
+    cells of table.md and of ``pneumollm-compare`` agree to their last digit."""
     if value is None or np.isnan(value):
         return ""
-    return round(float(value), digits)
+    return float(value)
 
 
 def _interval_values(name: str, interval: Interval | None) -> dict[str, float | str]:

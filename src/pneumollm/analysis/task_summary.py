@@ -1,7 +1,7 @@
 """Staged (multi-class) and multi-label figures of an arm: per fold from its runs' metrics, pooled out of fold
 from its predictions with scikit-learn, and a patient-level bootstrap interval for every pooled figure.
 
-The metric names match the per-fold ones the runs record (``training.task_metrics``): ``stage_accuracy``,
+The metric names match the per-fold ones the runs record (``training.prediction_metrics``): ``stage_accuracy``,
 ``macro_auc``, ``kappa`` (quadratic weights, a coefficient), ``sensitivity_stage_<class>`` and
 ``specificity_stage_<class>``; for findings ``macro_auc``, ``micro_auc``, ``auc_<finding>``,
 ``sensitivity_<finding>`` and ``specificity_<finding>``. All in percent except kappa.
@@ -17,6 +17,7 @@ import numpy as np
 from pneumollm.analysis.collect import ArmRuns
 from pneumollm.analysis.stats import Interval, bootstrap_by_patient, rank_auc
 from pneumollm.data.targets import MULTICLASS, LabelTask
+from pneumollm.training.prediction_metrics import stage_confusion, task_metrics
 
 STAGE_SUMMARY = ("stage_accuracy", "macro_auc", "kappa")
 FINDING_SUMMARY = ("macro_auc", "micro_auc")
@@ -48,51 +49,16 @@ def metric_names(task: LabelTask) -> list[str]:
     return [*summary_metrics(task), *(key for _, _, key in per_output_metrics(task))]
 
 
-def _stage_figures(task: LabelTask, y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, cohen_kappa_score, multilabel_confusion_matrix, roc_auc_score
-
-    labels = list(range(task.num_outputs))
-    called = probs.argmax(axis=1)
-    values = {"stage_accuracy": accuracy_score(y, called) * 100,
-              "kappa": cohen_kappa_score(y, called, labels=labels, weights="quadratic")}
-    present = np.unique(y)
-    values["macro_auc"] = (roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=labels) * 100
-                           if len(present) == len(labels) else float("nan"))
-    matrices = multilabel_confusion_matrix(y, called, labels=labels)  # per stage: [[tn, fp], [fn, tp]]
-    for c, ((tn, fp), (fn, tp)) in zip(task.classes, matrices):
-        values[f"sensitivity_stage_{c}"] = tp / (tp + fn) * 100 if tp + fn else float("nan")
-        values[f"specificity_stage_{c}"] = tn / (tn + fp) * 100 if tn + fp else float("nan")
-    return {k: float(v) for k, v in values.items()}
-
-
-def _finding_figures(task: LabelTask, y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import multilabel_confusion_matrix, roc_auc_score
-
-    both = [k for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
-    values: dict[str, float] = {
-        "macro_auc": roc_auc_score(y[:, both], probs[:, both], average="macro") * 100
-        if len(both) == y.shape[1] else float("nan"),
-        "micro_auc": roc_auc_score(y, probs, average="micro") * 100 if 0 < y.sum() < y.size else float("nan"),
-    }
-    matrices = multilabel_confusion_matrix(y, (probs > 0.5).astype(int))
-    for k, (name, ((tn, fp), (fn, tp))) in enumerate(zip(task.label_columns, matrices)):
-        values[f"auc_{name}"] = roc_auc_score(y[:, k], probs[:, k]) * 100 if k in both else float("nan")
-        values[f"sensitivity_{name}"] = tp / (tp + fn) * 100 if tp + fn else float("nan")
-        values[f"specificity_{name}"] = tn / (tn + fp) * 100 if tn + fp else float("nan")
-    return {k: float(v) for k, v in values.items()}
-
-
 def pooled_figures(task: LabelTask, targets: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Every task metric on predictions pooled together. ``targets``: stage indices [N] or findings [N, L];
-    ``probs``: the output probabilities [N, C]."""
-    if task.task == MULTICLASS:
-        return _stage_figures(task, np.asarray(targets).reshape(-1), np.asarray(probs, dtype=np.float64))
-    return _finding_figures(task, np.asarray(targets), np.asarray(probs, dtype=np.float64))
+    """Every task metric on predictions pooled together (``training.prediction_metrics.task_metrics``, the function
+    that also gives each fold's figures). ``targets``: stage indices [N] or findings [N, L]; ``probs``: the output
+    probabilities [N, C]."""
+    return task_metrics(task, targets, probs)
 
 
 def resample_figures(task: LabelTask, targets: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """``pooled_figures`` for the bootstrap's thousands of resamples: the same figures from the confusion counts
-    and the rank-sum AUC (``stats.rank_auc``), equal to scikit-learn's within 1e-9 (tests/test_task_metrics.py)
+    and the rank-sum AUC (``stats.rank_auc``), equal to scikit-learn's within 1e-9 (tests/test_staging.py)
     at a hundredth of the cost (scikit-learn validates its inputs on every call, ~9 ms per resample)."""
     probs = np.asarray(probs, dtype=np.float64)
     k = task.num_outputs
@@ -159,11 +125,9 @@ def fold_figures(arm: ArmRuns, task: LabelTask) -> dict[int, dict[str, float]]:
 
 def pooled_confusion(arm: ArmRuns) -> np.ndarray:
     """Counts of (true stage, most probable stage) over the arm's out-of-fold predictions."""
-    from sklearn.metrics import confusion_matrix
-
-    y = np.array([p.target[0] for p in arm.predictions])
-    called = np.array([p.outputs for p in arm.predictions]).argmax(axis=1)
-    return confusion_matrix(y, called, labels=list(range(len(arm.classes))))
+    counts = stage_confusion(arm_task(arm), [p.target[0] for p in arm.predictions],
+                             [p.outputs for p in arm.predictions])
+    return np.asarray(counts)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

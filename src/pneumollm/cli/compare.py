@@ -240,7 +240,7 @@ def write_csv(comparison: Comparison, path: Path) -> Path:
             out = csv.writer(handle)
             out.writerow(fields)
             for arm, label, cells in comparison.rows:
-                out.writerow([arm, label, *("" if v is None else round(v, 4) for c in cells for v in c)])
+                out.writerow([arm, label, *("" if v is None else v for c in cells for v in c)])  # unrounded
 
     return atomic_write(path, writer)
 

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", type=Path, help="a run folder (fold<k>/), an arm folder (fold*/) or an export")
     parser.add_argument("inputs", nargs="+", help="films, folders of films, or a manifest CSV")
     parser.add_argument("--out", type=Path, required=True,
-                        help="the CSV to write (path,prob,pred,status,reason,shift,...)")
+                        help="the CSV to write (path,prob,logit,pred,status,reason,shift,...)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -62,7 +62,7 @@ def predict(args: argparse.Namespace) -> int:
     from pneumollm.errors import UserError
     from pneumollm.inference.inputs import gather_inputs, prepare_inputs, write_rows
     from pneumollm.inference.models import load_trained
-    from pneumollm.inference.predict import FIRST_COLUMNS, fold_predictions, pick_device, prediction_rows
+    from pneumollm.inference.predict import FIRST_COLUMNS, fold_scores, pick_device, prediction_rows
     from pneumollm.inference.shift import NO_PROFILE, mark_shift, shift_summary
 
     console = make_console()
@@ -84,9 +84,9 @@ def predict(args: argparse.Namespace) -> int:
     prepare_inputs(films, model.settings, model.lungs, progress=not args.no_progress)
     ready = [f for f in films if f.status == "ok"]
     images = np.stack([f.image for f in ready]) if ready else np.zeros((0, 1, 1), dtype=np.uint8)
-    probs, outputs = fold_predictions(model, images, args.batch_size, progress=not args.no_progress)
+    scores = fold_scores(model, images, args.batch_size, progress=not args.no_progress)
     flagged = mark_shift(films, model.profile)
-    write_rows(args.out, prediction_rows(model, films, probs, outputs), FIRST_COLUMNS)
+    write_rows(args.out, prediction_rows(model, films, scores.probs, scores.outputs, scores.log_odds), FIRST_COLUMNS)
     skipped = len(films) - len(ready)
     say(f"{len(ready)} films predicted, {skipped} skipped -> {args.out}", console)
     _say_skipped(films, args.out, console)
@@ -97,7 +97,7 @@ def predict(args: argparse.Namespace) -> int:
     if args.explain and ready:
         from pneumollm.inference.explain_films import explain_films
 
-        written = explain_films(model, ready, probs.mean(axis=1), args.explain, method=args.explain_method,
+        written = explain_films(model, ready, scores.probs.mean(axis=1), args.explain, method=args.explain_method,
                                 progress=not args.no_progress)
         say(f"{len(written)} explanations -> {args.explain}", console)
     return 0

@@ -45,17 +45,18 @@ def smallest_film(skipped: Sequence[Skipped]) -> tuple[int, int] | None:
     return min(sizes, key=min) if sizes else None
 
 
-def summary_lines(cohort: PreparedCohort) -> list[str]:
-    """The prepared cohort's counts for the console: films and patients per class, crops, skipped films by
-    reason, and where the report is."""
+def summary_lines(cohort: PreparedCohort, class_names: Sequence[str] = ("normal", "pneumoconiosis")) -> list[str]:
+    """The prepared cohort's counts for the console: films and patients per class (in the cohort's class words),
+    crops, skipped films by reason, and where the report is."""
     films = cohort.films
+    negative, positive = class_names
     patients: dict[str, int] = {}
     for film in films:
         patients[film.patient_id] = max(film.label, patients.get(film.patient_id, 0))
     positive_films, positive_patients = sum(f.label for f in films), sum(patients.values())
     lines = [f"{len(films)} films ready ({cohort.decoded} decoded now, {len(films) - cohort.decoded} from cache): "
-             f"{positive_films} pneumoconiosis / {len(films) - positive_films} normal films of {len(patients)} "
-             f"patients ({positive_patients} with pneumoconiosis / {len(patients) - positive_patients} normal)"]
+             f"{positive_films} {positive} / {len(films) - positive_films} {negative} films of {len(patients)} "
+             f"patients ({positive_patients} {positive} / {len(patients) - positive_patients} {negative})"]
     if films:
         crops = Counter(f.crop_status for f in films)
         lines.append("crop: " + ", ".join(f"{n} {status}" for status, n in sorted(crops.items())) + " films")

@@ -38,6 +38,29 @@ from pneumollm.utils.io import sha256_json
 SELECTION_SPLITS = ("validation", "test_fold_reference")
 
 
+MIN_PATIENTS_PER_CLASS = 5  # fewer validation or test patients of a class than this earn a warning
+
+
+def small_split_warnings(sizes: Mapping[str, Mapping[str, int]], class_names: Sequence[str], fold: int,
+                         minimum: int = MIN_PATIENTS_PER_CLASS, shared: bool = False) -> list[str]:
+    """Warnings for the validation and test splits (``split_sizes``) that hold fewer than ``minimum`` patients of
+    a class. ``shared``: the validation films are the test fold's (nothing separate to warn about)."""
+    warnings = []
+    for split, what in (("val", "validation"), ("test", "test")):
+        if split not in sizes or (shared and split == "val"):
+            continue
+        positive = int(sizes[split].get("positive_patients", 0))
+        counts = {class_names[1]: positive, class_names[0]: int(sizes[split]["patients"]) - positive}
+        short = {name: n for name, n in counts.items() if n < minimum}
+        if short:
+            listing = " and ".join(f"{n} {name}" for name, n in short.items())
+            fix = ("more patients, fewer folds (data.num_folds) or a larger data.val_fraction" if split == "val"
+                   else "more patients or fewer folds (data.num_folds)")
+            warnings.append(f"fold {fold} has only {listing} {what} patient(s) (fewer than {minimum} of a class): its "
+                            f"{what} figures rest on very few patients and are unstable; use {fix}")
+    return warnings
+
+
 def build_segmenter(lungs: Mapping[str, Any]) -> LungSegmenter:
     """Instantiate the lung segmenter of a ``lungs`` config (its ``margin`` belongs to the crop step)."""
     node = {k: v for k, v in lungs.items() if k != "margin"}
@@ -139,6 +162,7 @@ class CohortDataModule(L.LightningDataModule):
         classes: Sequence[str] | None = None,
         label_columns: Sequence[str] | None = None,
         label_column: str | None = None,
+        class_names: Sequence[str] | None = None,
         num_outputs: int | None = None,
         allowed_modalities: tuple[str, ...] | list[str] = ("CR", "DX", "DR", "RG", "OT"),
         preprocess_workers: int | None = None,
@@ -171,7 +195,7 @@ class CohortDataModule(L.LightningDataModule):
         self.regenerate_folds = regenerate_folds
         self.selection_split = selection_split
         self.label_map = dict(label_map) if label_map else None
-        self.task = LabelTask.from_config(task, classes, label_columns, label_column, self.label_map)
+        self.task = LabelTask.from_config(task, classes, label_columns, label_column, self.label_map, class_names)
         if num_outputs is not None and int(num_outputs) != self.task.num_outputs:
             raise ConfigError(f"data.num_outputs={num_outputs} but data.task={task} has {self.task.num_outputs} "
                               f"outputs ({', '.join(self.task.output_names)}); leave data.num_outputs at its default")
@@ -200,7 +224,7 @@ class CohortDataModule(L.LightningDataModule):
         if not self.cohort.films:
             raise no_usable_films(self.cohort.skipped, self._source_name(), self.cohort.report_csv,
                                   self._source_csv())
-        for line in summary_lines(self.cohort):
+        for line in summary_lines(self.cohort, self.task.class_names):
             say(f"[bold]cohort[/bold] {line}")
         pairs = [(f.patient_id, f.target) for f in self.cohort.films]
         load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, self.regenerate_folds,
@@ -275,12 +299,19 @@ class CohortDataModule(L.LightningDataModule):
             self.datasets[name] = FilmDataset([films[i] for i in chosen], split_images, self.task)
 
     def split_sizes(self) -> dict[str, dict[str, int]]:
-        """Films, patients and positives per split (after ``setup``)."""
-        return {
-            name: {"films": len(ds), "patients": len({f.patient_id for f in ds.films}),
-                   "positives": int(ds.labels.sum())}
-            for name, ds in self.datasets.items()
-        }
+        """Films, patients, positive films and positive patients (any film of label 1) per split (after ``setup``)."""
+        sizes = {}
+        for name, ds in self.datasets.items():
+            patients = {f.patient_id for f in ds.films}
+            sizes[name] = {"films": len(ds), "patients": len(patients), "positives": int(ds.labels.sum()),
+                           "positive_patients": len({f.patient_id for f in ds.films if f.label})}
+        return sizes
+
+    def split_warnings(self, minimum: int = MIN_PATIENTS_PER_CLASS) -> list[str]:
+        """A warning per class with fewer than ``minimum`` patients in this fold's validation or test films (after
+        ``setup``): figures on so few patients swing by tens of points with one patient."""
+        return small_split_warnings(self.split_sizes(), self.task.class_names, self.fold, minimum,
+                                    shared=self.selection_split == "test_fold_reference")
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[name]

@@ -48,13 +48,13 @@ def patient_table(pairs: Iterable[tuple[str, int]],
     return [PatientLabel(p, combine(v)) for p, v in sorted(labels.items())], mixed
 
 
-def _check_binary(counts: Counter, num_folds: int) -> None:
-    for label, name in ((0, "normal"), (1, "pneumoconiosis")):
+def _check_binary(counts: Counter, num_folds: int, class_names: Sequence[str]) -> None:
+    for label, name in enumerate(class_names):
         if counts.get(label, 0) < num_folds:
             raise FoldError(
                 f"too few {name} patients for {num_folds}-fold cross-validation: {counts.get(label, 0)} "
-                f"(need at least {num_folds}; the cohort has {counts.get(0, 0)} normal and {counts.get(1, 0)} "
-                "pneumoconiosis patients after skipping unusable films)"
+                f"(need at least {num_folds}; the cohort has {counts.get(0, 0)} {class_names[0]} and "
+                f"{counts.get(1, 0)} {class_names[1]} patients after skipping unusable films)"
             )
 
 
@@ -103,7 +103,7 @@ def make_folds(pairs: Sequence[tuple[str, int]], num_folds: int = 5, seed: int =
     patients, mixed = patient_table(pairs, task)
     counts = Counter(p.label for p in patients)
     if task.task == BINARY:
-        _check_binary(counts, num_folds)
+        _check_binary(counts, num_folds, task.class_names)
     elif task.task == MULTICLASS:
         _check_stages(counts, num_folds, task)
     else:

@@ -26,7 +26,7 @@ from pneumollm.errors import ConfigError, UserError
 BINARY, MULTICLASS, MULTILABEL = "binary", "multiclass", "multilabel"
 TASKS = (BINARY, MULTICLASS, MULTILABEL)
 ILO_STAGES = ("0", "1", "2", "3")  # ILO profusion categories (stage 0, I, II, III in Chinese practice)
-BINARY_CLASSES = ("normal", "pneumoconiosis")
+BINARY_CLASSES = ("normal", "pneumoconiosis")  # the default words of label 0 and label 1 (``data.class_names``)
 
 NORMAL_WORDS = ("normal", "negative", "no", "false", "healthy")
 POSITIVE_WORDS = ("pneumoconiosis", "positive", "yes", "true", "sick")
@@ -129,10 +129,12 @@ class LabelTask:
     label_columns: tuple[str, ...] = ()  # multilabel: one 0/1 column per finding, the primary one first
     label_column: str | None = None  # binary / multiclass: the labels column (default: label, diagnosis, ...)
     label_map: Mapping[str, int | str] = field(default_factory=dict, hash=False)
+    class_names: tuple[str, str] = BINARY_CLASSES  # the words of label 0 and 1 ("any" class 1) in every output
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"data.task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        object.__setattr__(self, "class_names", check_class_names(self.class_names))
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         object.__setattr__(self, "label_columns", tuple(str(c) for c in self.label_columns or ()))
         object.__setattr__(self, "label_map", {str(k).strip().lower(): v for k, v in (self.label_map or {}).items()})
@@ -149,11 +151,13 @@ class LabelTask:
     @classmethod
     def from_config(cls, task: str = BINARY, classes: Iterable[object] | None = None,
                     label_columns: Iterable[object] | None = None, label_column: str | None = None,
-                    label_map: Mapping[str, int | str] | None = None) -> LabelTask:
+                    label_map: Mapping[str, int | str] | None = None,
+                    class_names: Iterable[object] | None = None) -> LabelTask:
         """The task of a ``data`` config's values (lists may be OmegaConf nodes; None takes the defaults)."""
         return cls(task=str(task), classes=tuple(str(c) for c in (classes or ILO_STAGES)),
                    label_columns=tuple(str(c) for c in (label_columns or ())),
-                   label_column=label_column or None, label_map=dict(label_map or {}))
+                   label_column=label_column or None, label_map=dict(label_map or {}),
+                   class_names=tuple(str(c) for c in (class_names or BINARY_CLASSES)))
 
     # ---- what the model predicts ---------------------------------------------------------------------------
     @property
@@ -236,9 +240,19 @@ class LabelTask:
         if self.task == MULTICLASS:
             stage = parse_stage(row.get(column), self.classes, self.label_map, at)
             return "missing label" if stage is None else (stage, self.any_label(stage))
-        mapping = {**DEFAULT_LABEL_MAP, **{k: int(v) for k, v in self.label_map.items()}}
+        own_words = {name.lower(): k for k, name in enumerate(self.class_names)}
+        mapping = {**DEFAULT_LABEL_MAP, **own_words, **{k: int(v) for k, v in self.label_map.items()}}
         label = parse_binary(row.get(column), mapping, at)
         return "missing label" if label is None else (label, label)
+
+
+def check_class_names(names: Iterable[object] | None) -> tuple[str, str]:
+    """``data.class_names`` as two words (label 0, label 1); ``ConfigError`` unless two distinct non-empty ones."""
+    words = tuple(str(n).strip() for n in (names if names is not None else BINARY_CLASSES))
+    if len(words) != 2 or not all(words) or words[0].lower() == words[1].lower():
+        raise ConfigError(f"data.class_names must name label 0 and label 1 with two different words, e.g. "
+                          f"[control,tuberculosis]; got {list(words)}")
+    return words  # type: ignore[return-value]
 
 
 def output_count(task: str, classes: Sequence[object] | None, label_columns: Sequence[object] | None) -> int:

@@ -214,11 +214,19 @@ def _integrated_gradients(score: Callable[[torch.Tensor], torch.Tensor], images:
         )
 
 
+def explanation_heading(prob: float, title: str | None = None, positive: str = "pneumoconiosis") -> str:
+    """An explanation PNG's heading: the film's title and its probability of class 1 (``positive``, the second
+    of ``data.class_names``), e.g. ``P0001/1.dcm: P(tuberculosis) = 87.5 %``."""
+    heading = f"P({positive}) = {100.0 * float(prob):.1f} %"
+    return f"{title}: {heading}" if title else heading
+
+
 def write_explanation(path: str | Path, film: np.ndarray, box: Sequence[int] | None, image: np.ndarray,
                       attribution: np.ndarray, prob: float, title: str | None = None,
-                      colorbar_label: str = "evidence for pneumoconiosis", outline: np.ndarray | None = None) -> Path:
+                      colorbar_label: str = "evidence for pneumoconiosis", outline: np.ndarray | None = None,
+                      positive: str = "pneumoconiosis") -> Path:
     """One PNG (1300 x 460 px): the decoded film with its lung-crop box, the model's input, and the input under
-    the attribution map (red: for pneumoconiosis, blue: against; opacity grows with the magnitude).
+    the attribution map (red: for class 1, ``positive``, blue: against; opacity grows with the magnitude).
 
     ``film``: uint8 [h, w] whole film; ``box``: the crop in the film's pixels as (top, left, bottom, right),
     bottom/right exclusive (``CropResult.box``, the sidecar's "box"), or None when the film was not cropped;
@@ -279,8 +287,7 @@ def write_explanation(path: str | Path, film: np.ndarray, box: Sequence[int] | N
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    heading = f"P(pneumoconiosis) = {100.0 * float(prob):.1f} %"
-    fig.suptitle(f"{title}: {heading}" if title else heading, fontsize=12, y=0.985)
+    fig.suptitle(explanation_heading(prob, title, positive), fontsize=12, y=0.985)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=FIGURE_DPI))
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from pneumollm.inference.explain import attribution_maps, forward_passes, log_probabilities, write_explanation
 from pneumollm.inference.inputs import InputFilm, write_rows
 from pneumollm.inference.models import TrainedModel
+from pneumollm.training.records import number_text
 from pneumollm.utils.progress import progress_bar
 
 INDEX_FILE = "explanations.csv"
@@ -106,7 +107,7 @@ def explain_films(model: TrainedModel, films: Sequence[InputFilm], probs: np.nda
     rows: list[dict[str, object]] = []
     for film, prob in progress_bar(list(zip(films, probs)), f"explaining {len(films)} films ({method})",
                                    total=len(films), enabled=progress):
-        row: dict[str, object] = {"path": film.name, "prob": f"{float(prob):.6f}"}
+        row: dict[str, object] = {"path": film.name, "prob": number_text(prob)}
         try:
             if film.image is None:
                 raise ValueError("the film was not prepared")
@@ -115,7 +116,7 @@ def explain_films(model: TrainedModel, films: Sequence[InputFilm], probs: np.nda
             whole = decode_film(film.path, allowed_modalities=model.settings.allowed_modalities).pixels
             path = write_explanation(out_dir / explanation_name(film.name, taken), whole, film.box, film.image,
                                      attribution, float(prob), title=short_title(film.name),
-                                     colorbar_label=COLOURBAR_LABELS[method])
+                                     colorbar_label=COLOURBAR_LABELS[method], positive=model.task.class_names[1])
         except Exception as err:  # one film's explanation never stops the others
             row.update(explanation="", status="failed", reason=f"{type(err).__name__}: {err}")
         else:

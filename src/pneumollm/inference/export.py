@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 import pneumollm
 from pneumollm.data.film_profile import PROFILE_FILE, PROFILE_FORMAT, merge_profiles, read_profile
+from pneumollm.data.targets import BINARY_CLASSES, check_class_names
 from pneumollm.inference.models import (
     EXPORT_FILE,
     FoldModel,
@@ -110,6 +111,7 @@ def export_record(config: Any, folds: list[dict[str, Any]]) -> dict[str, Any]:
             "arm": str(config.experiment.arm), "label": str(config.experiment.get("label", "")),
             "experiment": str(config.experiment.name), "size": str(config.get("size_name", "?")),
             "cohort": str(config.data.get("cohort", "?")), "folds": folds,
+            "class_names": list(check_class_names(config.data.get("class_names"))),
             "base_weights": _base_weights(config), "preprocessing": asdict(preprocess_settings(config))}
 
 
@@ -143,16 +145,21 @@ def base_weight_lines(record: dict[str, Any]) -> list[str]:
 
 def _trained_card_lines(record: dict[str, Any]) -> list[str]:
     folds = record["folds"]
+    negative, positive = record.get("class_names") or BINARY_CLASSES
     lines = [f"# {record['label'] or record['arm']} ({record['arm']}): a PneumoLLM suite model", "",
              f"Exported on {record['created']} by pneumollm {record['suite_version']} from the study "
-             f"`{record['experiment']}` ({record['size']} size) on the cohort `{record['cohort']}`.", "",
+             f"`{record['experiment']}` (size={record['size']}) on the cohort `{record['cohort']}`.", "",
              "## What it is", "",
+             f"A classifier of chest films into {positive} (class 1) and {negative} (class 0): for each film it "
+             f"gives P({positive}) (`prob`), its log-odds (`logit`) and the call `pred` = P({positive}) above "
+             "the threshold.", "",
              f"An ensemble of {len(folds)} fold models (patient-level {len(folds)}-fold cross-validation): each "
              "fold's trainable weights (`fold<k>.safetensors`) on top of frozen base weights that are not included:",
              *base_weight_lines(record)]
     lines += ["", "## How it was validated", "",
               "Each fold model was selected on validation patients carved from its training patients and tested "
-              "once on its held-out fold.", "",
+              f"once on its held-out fold. Sens.: the share of {positive} films called {positive}; Spec.: the "
+              f"share of {negative} films called {negative}.", "",
               markdown_table(["fold", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "threshold"],
                              ([f["fold"], *(f"{f['metrics'].get(k, float('nan')):.2f}" for k in METRIC_KEYS),
                                f"{f['threshold']:.3f} ({f['threshold_mode']})"] for f in folds), align="right")]

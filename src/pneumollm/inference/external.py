@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from pneumollm.analysis.auc import binary_metrics
 from pneumollm.analysis.collect import (
     RUNS_SUBDIR,
     AggregationError,
@@ -23,12 +24,15 @@ from pneumollm.analysis.collect import (
     collect_runs,
     split_complete,
 )
-from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_bootstrap_difference, rank_auc
+from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_bootstrap_difference
+from pneumollm.analysis.wording import class_words, common_class_names, probability_name, size_words
 from pneumollm.data.cohort import FilmRecord
+from pneumollm.data.targets import BINARY_CLASSES
 from pneumollm.inference.inputs import InputFilm, prepare_inputs
 from pneumollm.inference.models import TrainedModel, load_trained
-from pneumollm.inference.predict import fold_probabilities
+from pneumollm.inference.predict import ensemble_log_odds, fold_scores
 from pneumollm.inference.shift import NO_PROFILE, join_reasons, shift_reasons, shift_summary
+from pneumollm.training.records import number_text
 from pneumollm.utils.console import say
 from pneumollm.utils.io import atomic_write, atomic_write_text, output_set
 from pneumollm.utils.markdown import markdown_table
@@ -53,17 +57,15 @@ class ExternalArm:
     delta_avg: Interval | None = None
     shift: list[list[str]] = field(default_factory=list)  # per film as probs: why it looks unlike the training films
     profiled: bool = True  # False: the arm's runs have no training-film profile (its shift stays empty)
+    log_odds: np.ndarray | None = None  # the log-odds of ``probs`` from the folds' logits
+    size: str | None = None  # size_name of the arm's runs (tiny: the CPU stand-ins)
+    class_names: tuple[str, str] = BINARY_CLASSES
 
 
 def external_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
-    """Sensitivity, specificity, accuracy, AUC and AVG in percent (calls ``prob > threshold``)."""
-    called, positive = probs > threshold, labels == 1
-    values = {"sensitivity": called[positive].mean() * 100 if positive.any() else float("nan"),
-              "specificity": (~called[~positive]).mean() * 100 if (~positive).any() else float("nan"),
-              "accuracy": (called == positive).mean() * 100,
-              "auc": rank_auc(labels, probs) * 100 if 0 < positive.sum() < len(labels) else float("nan")}
-    values["avg"] = float(np.mean(list(values.values())))
-    return {k: float(v) for k, v in values.items()}
+    """Sensitivity, specificity, accuracy, AUC and AVG in percent (calls ``prob > threshold``): the function that
+    gives every figure of the suite (``training.prediction_metrics``)."""
+    return binary_metrics(labels, probs, threshold)
 
 
 def score_arms(runs_dir: Path, records: list[FilmRecord], n_boot: int = 2000, overrides: tuple[str, ...] = (),
@@ -97,13 +99,16 @@ def score_arms(runs_dir: Path, records: list[FilmRecord], n_boot: int = 2000, ov
     for name, model in models.items():
         films = prepared[model.settings.fingerprint()]
         images = np.stack([films[i].image for i in usable])
-        probs = fold_probabilities(model, images, progress=progress).mean(axis=1)
+        scores = fold_scores(model, images, progress=progress)
+        probs = scores.probs.mean(axis=1)
         shift = [shift_reasons(model.profile, films[i].source, films[i].crop_status, films[i].image)
                  if model.profile is not None else [] for i in usable]
         scored.append(ExternalArm(name, complete[name].label, model.threshold, probs,
                                   external_metrics(labels, probs, model.threshold),
                                   bootstrap_auc_by_patient(labels.tolist(), probs.tolist(), patients, n_boot=n_boot),
-                                  shift=shift, profiled=model.profile is not None))
+                                  shift=shift, profiled=model.profile is not None,
+                                  log_odds=ensemble_log_odds(scores.log_odds), size=complete[name].size,
+                                  class_names=complete[name].class_names))
     first = next(iter(complete.values()))
     config = OmegaConf.load(first.run_dirs[min(first.run_dirs)] / "config.yaml")
     reference = OmegaConf.select(config, "experiment.reference")
@@ -133,7 +138,8 @@ def shift_line(arms: list[ExternalArm], n_films: int) -> str:
 
 
 def _fmt(value: float | None) -> str:
-    return "" if value is None or np.isnan(value) else f"{value:.4f}"
+    """A number for table.csv, unrounded (the shortest text that reads back as the same float)."""
+    return "" if value is None or np.isnan(value) else number_text(value)
 
 
 def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecord], reference: str | None,
@@ -147,7 +153,7 @@ def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecor
     rows = []
     for arm in arms:
         row = {"arm": arm.arm, "label": arm.label, "films": len(films), "patients": len(patients),
-               "threshold": f"{arm.threshold:.4f}", **{m: _fmt(arm.metrics[m]) for m in METRICS},
+               "threshold": number_text(arm.threshold), **{m: _fmt(arm.metrics[m]) for m in METRICS},
                "pooled_auc_ci_low": _fmt(arm.auc.low), "pooled_auc_ci_high": _fmt(arm.auc.high)}
         for name, delta in (("delta_auc", arm.delta_auc), ("delta_avg", arm.delta_avg)):
             row.update({name: _fmt(delta.estimate if delta else None), f"{name}_ci_low": _fmt(delta.low if delta
@@ -165,11 +171,15 @@ def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecor
         atomic_write(path, writer)
 
     write_csv(out_dir / "table.csv", CSV_COLUMNS, rows)
+    # per arm: its P(class 1) (the column named by the arm) and that probability's log-odds (logit_<arm>)
     shifts = film_shifts(arms, len(films))
     per_film = [{"image_id": f.image_id, "patient_id": f.patient_id, "label": f.label,
-                 **{a.arm: f"{a.probs[i]:.6f}" for a in arms}, "shift": shifts[i]} for i, f in enumerate(films)]
-    write_csv(out_dir / "predictions.csv", ["image_id", "patient_id", "label", *[a.arm for a in arms], "shift"],
-              per_film)
+                 **{a.arm: number_text(a.probs[i]) for a in arms},
+                 **{f"logit_{a.arm}": number_text(a.log_odds[i]) for a in arms if a.log_odds is not None},
+                 "shift": shifts[i]} for i, f in enumerate(films)]
+    logit_columns = [f"logit_{a.arm}" for a in arms if a.log_odds is not None]
+    write_csv(out_dir / "predictions.csv", ["image_id", "patient_id", "label", *[a.arm for a in arms],
+                                            *logit_columns, "shift"], per_film)
     header = ["Arm", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "AUC [95% CI]", "ΔAUC [95% CI]", "ΔAVG [95% CI]",
               "threshold"]
     def delta(value: Interval | None, is_ref: bool) -> str:
@@ -178,8 +188,11 @@ def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecor
     body = [[arm.label, *(f"{arm.metrics[m]:.2f}" for m in METRICS), arm.auc.format(),
              delta(arm.delta_auc, arm.arm == reference), delta(arm.delta_avg, arm.arm == reference),
              f"{arm.threshold:.3f}"] for arm in arms]
+    names = common_class_names(a.class_names for a in arms)
     lines = [f"# {title}", "", markdown_table(header, body)]
-    lines += ["", f"{len(films)} external films of {len(patients)} patients, each arm the mean of its fold models' "
+    lines += ["", f"Class 1: {names[1]}, class 0: {names[0]}; the figures are those of {probability_name(names)}, "
+                  "each computed from the predictions.csv beside this table (docs/tables.md).",
+              "", f"{len(films)} external films of {len(patients)} patients, each arm the mean of its fold models' "
                   "probabilities, calls at each arm's threshold (the mean of its folds'). AUC with a 95% percentile "
                   f"bootstrap interval over patients ({n_boot} resamples); Δ = paired difference to the reference arm "
                   f"({reference or 'none'}) on the same films, paired bootstrap over patients. Figures in percent."]
@@ -221,7 +234,10 @@ def external_validation(table_dir: Path, data: Path, out: Path | None = None, n_
         say(f"{study.name}: {shift_line(arms, len(films))}")
         target = (out / study.name if out is not None and len(studies) > 1 else out) or study / "external" / cohort
         with output_set(target, "external") as stage:
-            write_external(stage, arms, films, reference, f"{table_dir.name} ({study.name}) on {cohort}", n_boot)
+            names = common_class_names(a.class_names for a in arms)
+            title = (f"{table_dir.name} ({study.name}) on {cohort}, {size_words(a.size for a in arms)}, "
+                     f"{class_words(names)}")
+            write_external(stage, arms, films, reference, title, n_boot)
         written.append(target)
     if not written:
         found = "; ".join(left_out) if left_out else f"{table_dir}: no runs found (no */fold*/metrics.json)"

@@ -50,8 +50,17 @@ class FoldModel:
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(P(pneumoconiosis) [B], each output's probability [B, C]: the stages' or the findings') of films."""
+        return self.scores(images)[:2]
+
+    @torch.no_grad()
+    def scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(P(class 1) [B], each output's probability [B, C], the log-odds of P(class 1) [B] from the logits) of
+        films, as the fold runner computes them for predictions.csv."""
+        from pneumollm.training.losses import positive_log_odds
+
         logits = self.net(images).float()
-        return self.loss.positive_probability(logits).float(), self.loss.output_probabilities(logits).float()
+        return (self.loss.positive_probability(logits).float(), self.loss.output_probabilities(logits).float(),
+                positive_log_odds(self.loss, logits))
 
 
 @dataclass
@@ -74,7 +83,8 @@ class TrainedModel:
     def task(self) -> LabelTask:
         """The task the model was trained on (binary for runs made before tasks existed)."""
         data = self.config.data
-        return LabelTask.from_config(str(data.get("task", BINARY)), data.get("classes"), data.get("label_columns"))
+        return LabelTask.from_config(str(data.get("task", BINARY)), data.get("classes"), data.get("label_columns"),
+                                     class_names=data.get("class_names"))
 
     @property
     def lungs(self) -> dict[str, Any]:

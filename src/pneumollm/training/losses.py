@@ -35,6 +35,14 @@ class ClassificationLoss(nn.Module):
         """P(pneumoconiosis) per sample: softmax over the classes, summed over ``positive_columns``."""
         return self.output_probabilities(logits)[:, self.positive_columns(logits.shape[-1])].sum(dim=-1)
 
+    def positive_log_odds(self, logits: torch.Tensor) -> torch.Tensor:
+        """log(p / (1 - p)) of ``positive_probability`` per sample, from the logits: the log-sum-exp of the positive
+        columns' logits minus that of the others (l1 - l0 for two), finite where p itself rounds to 0 or 1."""
+        logits = logits.float()
+        columns = self.positive_columns(logits.shape[-1])
+        rest = [k for k in range(logits.shape[-1]) if k not in columns]
+        return logits[:, columns].logsumexp(dim=-1) - logits[:, rest].logsumexp(dim=-1)
+
 
 class OneHotBCELoss(ClassificationLoss):
     """``bce2``: binary cross-entropy on each logit against a one-hot target, as in the reference code.
@@ -88,6 +96,20 @@ class MultiLabelBCELoss(ClassificationLoss):
 
     def positive_probability(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().sigmoid()[:, self.positive_index]
+
+    def positive_log_odds(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float()[:, self.positive_index]
+
+
+def positive_log_odds(loss: object, logits: torch.Tensor) -> torch.Tensor:
+    """The log-odds of ``loss.positive_probability(logits)``: from the logits where the loss defines them along with
+    (or after) its probability, else ``logit(p)`` of its probability in float64 (infinite where p is 0 or 1)."""
+    def definer(name: str) -> int:
+        return next((k for k, cls in enumerate(type(loss).__mro__) if name in vars(cls)), len(type(loss).__mro__))
+
+    if hasattr(loss, "positive_log_odds") and definer("positive_log_odds") <= definer("positive_probability"):
+        return loss.positive_log_odds(logits)  # type: ignore[attr-defined]
+    return torch.logit(loss.positive_probability(logits).double())  # type: ignore[attr-defined]
 
 
 def loss_for_task(task: str = BINARY, num_outputs: int = 2) -> ClassificationLoss:

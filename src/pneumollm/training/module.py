@@ -15,12 +15,12 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryRecall, BinarySpecificity
 
 from pneumollm.data.datamodule import ANY, IMAGE, INDEX, LABEL
-from pneumollm.data.targets import BINARY, LabelTask
+from pneumollm.data.targets import LabelTask
 from pneumollm.models.base import ImageClassifier
 from pneumollm.models.components.frozen import frozen_tensor_fingerprints
-from pneumollm.training.losses import ClassificationLoss
+from pneumollm.training.losses import ClassificationLoss, positive_log_odds
 from pneumollm.training.optim import weight_decay_groups
-from pneumollm.training.task_metrics import TaskMetrics
+from pneumollm.training.prediction_metrics import prediction_metrics, stage_confusion
 
 METRIC_NAMES = ("sensitivity", "specificity", "accuracy", "auc")
 RUN_IDENTITY_KEY = "pneumollm_run"  # checkpoint entry naming the run (config hash) that wrote it
@@ -95,10 +95,7 @@ class ClassificationModule(L.LightningModule):
         self.val_history: dict[int, dict[str, float]] = {}  # epoch -> validation figures (kept in checkpoints)
         self.strict_loading = False  # checkpoints hold the trainable weights only
         self.val_metrics = paper_metrics(threshold).clone(prefix="val/")
-        self.test_metrics = paper_metrics(threshold).clone(prefix="test/")
         self.task = task or LabelTask()
-        # Staged / multi-label tasks: their own figures on the test films, beside the binary "any" ones.
-        self.test_task_metrics = TaskMetrics(self.task) if self.task.task != BINARY else None
         self._val_losses: list[torch.Tensor] = []
         self._test_rows: list[tuple[torch.Tensor, ...]] = []
         self.test_confusion: list[list[int]] | None = None  # staged tasks: true stage x predicted stage
@@ -158,25 +155,23 @@ class ClassificationModule(L.LightningModule):
             self._test_features.append(features.float().flatten(1).detach().cpu())
         else:
             logits = self._logits(batch[IMAGE])
-        probs = self.loss_fn.positive_probability(logits.float())
-        self.test_metrics.update(probs, batch[ANY])
-        outputs = self.loss_fn.output_probabilities(logits.float())
-        if self.test_task_metrics is not None:
-            self.test_task_metrics.update(outputs, batch[LABEL])
+        logits = logits.float()
+        probs = self.loss_fn.positive_probability(logits)
+        outputs = self.loss_fn.output_probabilities(logits)
+        log_odds = positive_log_odds(self.loss_fn, logits)
         self._test_rows.append((batch[INDEX].detach().cpu(), batch[ANY].detach().cpu(), probs.detach().cpu(),
-                                batch[LABEL].detach().cpu(), outputs.detach().cpu()))
+                                batch[LABEL].detach().cpu(), outputs.detach().cpu(), log_odds.detach().cpu()))
 
     def on_test_epoch_end(self) -> None:
-        values = self._percent(self.test_metrics.compute(), "test/")
-        self.test_metrics.reset()
-        if self.test_task_metrics is not None:
-            values.update({k: torch.tensor(v) for k, v in self.test_task_metrics.compute("test/").items()})
-            self.test_confusion = self.test_task_metrics.confusion()
-            self.test_task_metrics.reset()
-        self.log_dict(values)
-        self.test_results = {k: float(v) for k, v in values.items()}
-        index, label, prob, target, outputs = (torch.cat(parts).numpy() for parts in zip(*self._test_rows))
-        self.test_predictions = {"index": index, "label": label, "prob": prob, "target": target, "outputs": outputs}
+        """Gather the test films' predictions and compute the test figures from them with the function every
+        table uses (``prediction_metrics``), on exactly the numbers ``predictions.csv`` receives."""
+        index, label, prob, target, outputs, log_odds = (torch.cat(parts).numpy() for parts in zip(*self._test_rows))
+        self.test_predictions = {"index": index, "label": label, "prob": prob, "target": target, "outputs": outputs,
+                                 "logit": log_odds}
+        figures = prediction_metrics(label, prob, self.threshold, self.task, target, outputs)
+        self.test_confusion = stage_confusion(self.task, target, outputs)
+        self.test_results = {f"test/{k}": v for k, v in figures.items()}
+        self.log_dict({k: v for k, v in self.test_results.items() if np.isfinite(v)})
         if self._test_features:
             self.test_predictions["features"] = torch.cat(self._test_features).numpy()
         self._test_rows.clear()
@@ -193,7 +188,6 @@ class ClassificationModule(L.LightningModule):
     def use_test_threshold(self, threshold: float) -> None:
         """Compute the test metrics (and the predicted calls) at ``threshold`` instead of the configured one."""
         self.threshold = float(threshold)
-        self.test_metrics = paper_metrics(self.threshold).clone(prefix="test/").to(self.device)
 
     @staticmethod
     def _percent(values: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -33,7 +33,9 @@ JOB_FILE = "job.json"  # the config hash (and cohort) of the run that owns the f
 FEATURES_FILE = "features.npz"  # head-input features of the test films (for t-SNE plots)
 CHECKPOINT_DIR = "checkpoints"
 SUPERSEDED_DIR = ".superseded"  # outputs of an earlier config of the same job, set aside rather than deleted
-PREDICTION_COLUMNS = ("image_id", "patient_id", "fold", "label", "prob", "pred")  # pred: prob > the run's threshold
+# prob: P(class 1) written exactly (``number_text``); logit: its log-odds from the model's logits (exact where prob
+# rounds to 0 or 1; absent in runs made before it existed); pred: prob > the run's threshold.
+PREDICTION_COLUMNS = ("image_id", "patient_id", "fold", "label", "prob", "logit", "pred")
 # Files a run produces that belong to one config; set aside together when another config takes the folder.
 RESULT_FILES = (METRICS_FILE, PREDICTIONS_FILE, FEATURES_FILE, FAILED_FILE, CONFIG_FILE, JOB_FILE, CHECKPOINT_DIR,
                 PROFILE_FILE)
@@ -43,7 +45,7 @@ NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "callbacks.progress", "callback
                      "data.num_workers", "data.progress", "data.preprocess_workers", "experiment.label",
                      "experiment.group", "experiment.reference", "experiment.curve", "experiment.curve_label",
                      "experiment.folder", "force", "save_features", "feature_cache", "log_every_step",
-                     "trainer.cpu_threads")
+                     "trainer.cpu_threads", "data.class_names")
 # Where inputs and outputs live. The cohort's content stands in for them (``cohort_identity`` in the hash), so
 # a moved cohort or a copied results folder keeps its hash, and a changed film changes it.
 LOCATION_KEYS = ("callbacks.checkpoint.dirpath", "callbacks.last_checkpoint.dirpath", "data.prepared_dir",
@@ -113,6 +115,12 @@ def write_job(run_dir: str | Path, info: Mapping[str, Any]) -> Path:
     return atomic_write_json(Path(run_dir) / JOB_FILE, dict(info))
 
 
+def number_text(value: float) -> str:
+    """A number as the shortest text that reads back as the same float (``repr``: up to 17 significant digits),
+    so figures recomputed from a written file equal the ones computed before writing it."""
+    return repr(float(value))
+
+
 def task_column_names(task: LabelTask) -> list[str]:
     """The columns a staged or multi-label run adds to ``predictions.csv`` (none for binary): ``stage``,
     ``pred_stage`` (the most probable stage) and ``prob_stage_<class>`` per stage; or ``true_<finding>``,
@@ -134,10 +142,10 @@ def predicted_columns(task: LabelTask, outputs: Sequence[float]) -> dict[str, An
     if task.task == MULTICLASS:
         best = max(range(len(probs)), key=probs.__getitem__)
         return {"pred_stage": task.classes[best],
-                **{f"prob_stage_{c}": f"{p:.6f}" for c, p in zip(task.classes, probs)}}
+                **{f"prob_stage_{c}": number_text(p) for c, p in zip(task.classes, probs)}}
     values: dict[str, Any] = {}
     for name, p in zip(task.label_columns, probs):
-        values |= {f"prob_{name}": f"{p:.6f}", f"pred_{name}": int(p > 0.5)}
+        values |= {f"prob_{name}": number_text(p), f"pred_{name}": int(p > 0.5)}
     return values
 
 

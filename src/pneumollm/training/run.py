@@ -41,6 +41,7 @@ from pneumollm.training.records import (
     FAILED,
     FAILED_FILE,
     config_hash,
+    number_text,
     read_job,
     run_status,
     set_aside,
@@ -304,11 +305,16 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     datamodule.setup("fit")
     writer = launched_rank() == 0
     sizes = datamodule.split_sizes()
+    negative, positive = datamodule.task.class_names
+    small_splits = datamodule.split_warnings()
     if writer:
         write_training_profile(run_dir, datamodule)
         say(f"[bold]{cfg.experiment.arm}[/bold] fold {cfg.data.fold}: " + ", ".join(
-            f"{name} {s['films']} films / {s['patients']} patients ({s['positives']} positive films)"
-            for name, s in sizes.items()))
+            f"{name} {s['films']} films / {s['patients']} patients ({s['positives']} {positive} / "
+            f"{s['films'] - s['positives']} {negative} films; {s['positive_patients']} {positive} / "
+            f"{s['patients'] - s['positive_patients']} {negative} patients)" for name, s in sizes.items()))
+        for warning in small_splits:
+            say(f"[yellow]warning:[/yellow] {cfg.experiment.arm} {warning}")
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)  # model init independent of data preparation
     built = time.perf_counter()
@@ -357,18 +363,21 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
     peak_mb, peak_kind = _peak_memory_mb()
     test_set = datamodule.datasets["test"]
     preds = module.test_predictions
+    # every number exactly as the test figures (module.test_results) were computed from it
     write_predictions(run_dir, (
         {**test_set.films[i].extra, "image_id": test_set.films[i].image_id,
          "patient_id": test_set.films[i].patient_id, "fold": int(cfg.data.fold), "label": int(label),
-         "prob": f"{prob:.6f}", "pred": int(prob > module.threshold), **task_columns(task, target, outputs)}
-        for i, label, prob, target, outputs in zip(preds["index"].tolist(), preds["label"].tolist(),
-                                                   preds["prob"].tolist(), preds["target"], preds["outputs"])
+         "prob": number_text(prob), "logit": number_text(logit), "pred": int(prob > module.threshold),
+         **task_columns(task, target, outputs)}
+        for i, label, prob, logit, target, outputs in zip(preds["index"].tolist(), preds["label"].tolist(),
+                                                          preds["prob"].tolist(), preds["logit"].tolist(),
+                                                          preds["target"], preds["outputs"])
     ), task)
     if "features" in preds:
         write_features(run_dir, preds["features"], preds["label"],
                        [test_set.films[i].image_id for i in preds["index"].tolist()])
     metrics = {
-        **{k: round(v, 4) for k, v in module.test_results.items()},
+        **module.test_results,  # unrounded: equal to prediction_metrics on predictions.csv
         "fold": int(cfg.data.fold), "arm": str(cfg.experiment.arm), "label": str(cfg.experiment.label),
         "experiment": str(cfg.experiment.name), "seed": int(cfg.seed),
         "debug": cfg.experiment.get("debug"),
@@ -381,7 +390,8 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, chash: str, datamodule: Coho
         **_selected_validation(module, test_ckpt), **thresholds,
         "splits": sizes, "config_hash": chash, "cohort": datamodule.cohort_identity(), "feature_cache": cache_key,
         "cohort_name": datamodule.cohort_name, "cohort_folder": str(datamodule.cohort_folder.resolve()),
-        "task": task.task, "classes": list(task.output_names),
+        "task": task.task, "classes": list(task.output_names), "class_names": list(task.class_names),
+        "size": str(cfg.get("size_name", "?")), "warnings": small_splits,
         **({"test/confusion": module.test_confusion} if module.test_confusion is not None else {}),
     }
     write_metrics(run_dir, metrics)
@@ -463,8 +473,8 @@ def _choose_threshold(cfg: DictConfig, tester: L.Trainer, module: Classification
                           "(data.selection_split=validation, data.val_fraction > 0)")
     used = chosen if mode == "validation" else fixed
     module.use_test_threshold(used)
-    return {"threshold": round(used, 6), "threshold_mode": mode, "threshold_fixed": fixed,
-            "threshold_validation": None if chosen is None else round(chosen, 6)}
+    # unrounded: the calls in predictions.csv (prob > threshold) must follow from the recorded cut-off
+    return {"threshold": used, "threshold_mode": mode, "threshold_fixed": fixed, "threshold_validation": chosen}
 
 
 def _selected_validation(module: ClassificationModule, checkpoint: str | None) -> dict[str, Any]:
