@@ -67,7 +67,7 @@ def test_the_shift_column_names_films_unlike_the_training_films(trained: Path, t
     dicom = pydicom_test_file("RG1_UNCI.dcm")
     assert _predict(trained / ARM, [*films, dicom, tmp_path / "dark.png", tmp_path / "negative.png"], out) == 0
     rows = {Path(r["path"]).name: r for r in _rows(out)}
-    assert list(_rows(out)[0])[:6] == ["path", "prob", "pred", "status", "reason", "shift"]
+    assert list(_rows(out)[0])[:7] == ["path", "prob", "logit", "pred", "status", "reason", "shift"]
     assert all(rows[f.name]["shift"] == "" for f in films)
     assert rows[dicom.name]["shift"].split("; ")[:2] == ["native size 1841x1955 px, training films 64x64 px",
                                                          "DICOM file, training films PNG images"]
