@@ -23,9 +23,13 @@ BlockHook = Callable[[str, nn.Module], None]
 
 
 def build_on_meta(model_class: Any, config: Any, dtype: torch.dtype, attn_implementation: str) -> nn.Module:
-    """``model_class._from_config(config)`` with every tensor on the ``meta`` device (no memory, no init)."""
+    """``model_class._from_config(config)`` with every tensor on the ``meta`` device (no memory, no init).
+
+    ``model_class`` may be a transformers auto class (``AutoModel``): the config's ``model_type`` picks the model.
+    """
+    factory = getattr(model_class, "_from_config", None) or model_class.from_config
     with torch.device("meta"):
-        return model_class._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        return factory(config, dtype=dtype, attn_implementation=attn_implementation)
 
 
 def drop_submodules(model: nn.Module, names: Iterable[str]) -> int:
