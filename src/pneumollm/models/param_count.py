@@ -4,8 +4,9 @@ memory, no download).
 ``python -m pneumollm.models.param_count`` prints the trainable/total counts of the full-size model for
 every encoder and LLM choice (the table in docs/model.md), then the bytes of the paper configuration's
 weights with the frozen backbones in fp32, bf16/fp16, or with an int8 / nf4 LLM trunk, and which card sizes
-hold them. The paper's configuration (CLIP ViT-L/14 + LLaMA-7B, m = 4, adapter hidden 8, neck 128) has
-exactly 2,704,000 trainable parameters.
+hold them, then every built-in full-size LLM trunk's parameters and bytes (``trunk_sizes.trunk_memory_table``).
+The paper's configuration (CLIP ViT-L/14 + LLaMA-7B, m = 4, adapter hidden 8, neck 128) has exactly 2,704,000
+trainable parameters.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.models.components.quantization import QuantSpec, quantizable_linears
 from pneumollm.models.pneumollm import PneumoLLM
+from pneumollm.models.trunk_sizes import trunk_memory_table
 from pneumollm.paths import conf_dir
 
 CONF_DIR = conf_dir()
@@ -249,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(markdown_table(args.conf_dir))
         print(f"\nWeights of the paper configuration ({BYTES_NOTE}):\n")
         print(bytes_table(full_size_model(PAPER_CHOICES, conf_dir=args.conf_dir)))
+        print("\nLLM trunks (full size, frozen weights only; docs/backbones.md):\n")
+        print(trunk_memory_table())
         return
     choices = {k: v for k, _, v in (o.partition("=") for o in args.overrides) if k in (*GROUPS, "model")}
     dotlist = [o for o in args.overrides if o.partition("=")[0] not in choices]
