@@ -23,8 +23,15 @@ from pneumollm.models.components.pretrained import WeightsMismatchError
 from pneumollm.models.components.vision_tokens import evenly_spaced_blocks, multiscale_indices, token_blocks
 from pneumollm.models.pneumollm import PneumoLLM
 from pneumollm.models.tiny import TINY_DINOV2, TINY_SIGLIP_VISION, TINY_TIMM_VIT
-from pneumollm.models.vision_backbones import VISION_BACKBONES, backbone_sizes, build_encoder, encoder_config
+from pneumollm.models.vision_backbones import (
+    VISION_BACKBONES,
+    backbone_sizes,
+    build_encoder,
+    encoder_config,
+    markdown_table,
+)
 from pneumollm.training.prefix_cache import plan_prefix_cache, prefix_key
+from tests.helpers import REPO_ROOT, markdown_rows
 
 FP32 = {"frozen_dtype": "float32"}
 FOLD_TOLERANCE = 1e-5  # folded vs unfolded, fp32
@@ -309,6 +316,22 @@ def test_adapters_fold_exactly_in_every_family(name: str) -> None:
     assert folded_vs_unfolded < FOLD_TOLERANCE  # ...and folding keeps that change
 
 
+@pytest.mark.parametrize("family", ["dinov2", "siglip"])
+def test_checkpointed_bf16_towers_train_their_adapters_and_return_float32(family: str) -> None:
+    encoder = HFVisionEncoder(family=family, pretrained=False, architecture="tiny", frozen_dtype="bfloat16",
+                              gradient_checkpointing=True).train()
+    calls = []
+    first_mlp = next(m for n, m in encoder.named_modules() if n.endswith(("layers.0.mlp", "layer.0.mlp")))
+    first_mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    tokens = encoder(films())
+    assert tokens.dtype == torch.float32 and encoder.frozen_dtype == torch.bfloat16
+    tokens.square().mean().backward()
+    assert len(calls) == 2  # the block ran again in the backward pass
+    adapters = [p for p in encoder.parameters() if p.requires_grad]
+    assert len(adapters) == 6 * 4 and all(p.grad is not None and p.dtype == torch.float32 for p in adapters)
+    assert any(p.grad.abs().sum() > 0 for p in adapters)
+
+
 def _key(encoder: torch.nn.Module) -> str:
     from pneumollm.models.base import FrozenPrefix
 
@@ -367,10 +390,13 @@ def test_full_size_counts_on_the_meta_device() -> None:
 
 
 @pytest.mark.slow
-def test_full_size_counts_match_the_plain_models() -> None:
+def test_full_size_counts_match_the_plain_models_and_the_docs() -> None:
     with torch.device("meta"):
         timm_b16 = timm.create_model("vit_base_patch16_224", num_classes=0)
     assert backbone_sizes("biomedclip_b16").frozen == sum(p.numel() for p in timm_b16.parameters()) == 85_798_656
-    assert backbone_sizes("clip_vit_l14").frozen == 303_179_776
+    assert backbone_sizes("clip_vit_l14").frozen == 303_179_776  # docs/model.md's CLIP vision tower
     assert backbone_sizes("dinov2_vitl14").frozen == 304_368_640
     assert backbone_sizes("siglip_b16_224").frozen == 85_797_120
+    documented = markdown_rows((REPO_ROOT / "docs" / "backbones.md").read_text())
+    printed = markdown_rows(markdown_table())
+    assert printed[0][0] == "name" and printed[1:] and all(row in documented for row in printed)
