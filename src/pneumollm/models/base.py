@@ -9,10 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-# Per-channel statistics of the encoders' own pre-training data.
+# Per-channel statistics of the encoders' own pre-training data: OpenAI CLIP's (also BiomedCLIP's), ImageNet's
+# (DINOv2, timm in1k/in21k models), SigLIP's (every channel to [-1, 1]).
 NORMALIZATION_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 

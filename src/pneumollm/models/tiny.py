@@ -7,6 +7,8 @@ forward + backward) takes about 0.2 s on 2 CPU threads (measurements in docs/mod
 - CLIP vision tower: width 32, 6 blocks, 2 heads, MLP 64, patch 28 (8x8 = 64 patches + CLS).
   Patch 28 instead of 14 quarters the token count; with patch 14 (256 patches) a step costs several
   times more. Multiscale 1 takes the CLS token after each of the 6 blocks, so d = 6 as in the paper.
+- DINOv2 / SigLIP vision towers and a timm ViT of the same size (``TINY_DINOV2``, ``TINY_SIGLIP_VISION``,
+  ``TINY_TIMM_VIT``), stand-ins for RAD-DINO / DINOv2, SigLIP and BiomedCLIP.
 - Llama decoder: width 64, 2 layers, 2 heads, MLP 128, a 32-token vocabulary (the token embeddings are
   unused: the trunk is fed ``inputs_embeds``).
 - One decoder per other trunk family (``TINY_TRUNKS``, ``architecture: tiny_<family>``): width 64, 2 layers,
@@ -35,6 +37,34 @@ TINY_CLIP_VISION: dict[str, Any] = {
     "layer_norm_eps": 1e-5,
     "projection_dim": 32,
 }
+
+# Tiny stand-ins of the other vision families (pneumollm.models.components.hf_vision), the same size as the tiny
+# CLIP tower: width 32, 6 blocks, 2 heads, MLP 64, patch 28 at 224 px.
+TINY_DINOV2: dict[str, Any] = {
+    "hidden_size": 32,
+    "mlp_ratio": 2,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 2,
+    "num_channels": 3,
+    "image_size": 224,
+    "patch_size": 28,
+    "layer_norm_eps": 1e-6,
+    "layerscale_value": 1.0,
+}
+
+TINY_SIGLIP_VISION: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 2,
+    "num_channels": 3,
+    "image_size": 224,
+    "patch_size": 28,
+    "layer_norm_eps": 1e-6,
+}
+
+# timm ViT keyword arguments of the same size (for TimmViTEncoder's model_kwargs).
+TINY_TIMM_VIT: dict[str, Any] = {"embed_dim": 32, "depth": 6, "num_heads": 2, "mlp_ratio": 2.0, "patch_size": 28}
 
 TINY_LLAMA: dict[str, Any] = {
     "hidden_size": 64,

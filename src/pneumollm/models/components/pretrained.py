@@ -143,6 +143,23 @@ def _first(problems: Sequence[str], shown: int = 5) -> str:
     return ", ".join(problems[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
+# open_clip's layout of a CLIP model whose image tower is a timm model (e.g. BiomedCLIP's
+# ``open_clip_pytorch_model.bin``): the tower under ``visual.trunk.``, and the tensors a frozen timm encoder leaves
+# out on purpose: the text tower, the image projection head and the logit temperature / bias.
+OPEN_CLIP_TRUNK = "visual.trunk."
+OPEN_CLIP_NOT_TRUNK = (r"^text\.", r"^visual\.head\.", r"^logit_(scale|bias)$")
+
+
+def open_clip_trunk(state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """An open_clip checkpoint's timm image tower with the ``visual.trunk.`` prefix removed, and the names of its
+    other tensors that are not known exceptions (``OPEN_CLIP_NOT_TRUNK``); any other checkpoint as it is."""
+    if not any(k.startswith(OPEN_CLIP_TRUNK) for k in state):
+        return state, []
+    trunk = {k[len(OPEN_CLIP_TRUNK):]: v for k, v in state.items() if k.startswith(OPEN_CLIP_TRUNK)}
+    others = _outside((k for k in state if not k.startswith(OPEN_CLIP_TRUNK)), OPEN_CLIP_NOT_TRUNK)
+    return trunk, others
+
+
 class TimmWeights:
     """Gives a timm model the ``from_pretrained`` interface of ``load_pretrained``, loading every tensor or none.
 
@@ -150,10 +167,13 @@ class TimmWeights:
     ``num_classes=0``) and only logs what it left at random; this builds the model, reads the checkpoint with
     timm's safe reader and the model's own ``checkpoint_filter_fn`` (format conversions, position-table
     resizing), leaves out only the checkpoint's classifier, and refuses anything else that does not match.
+    An open_clip checkpoint (``open_clip_pytorch_model.bin``, tower under ``visual.trunk.``) loads its image tower;
+    its text tower and projection head are the only tensors left out (``OPEN_CLIP_NOT_TRUNK``).
     """
 
     __name__ = "timm"
-    WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+    WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
+                    "open_clip_pytorch_model.bin")
 
     def __init__(self, model_name: str, **create_kwargs: Any) -> None:
         self.model_name = model_name
@@ -184,7 +204,7 @@ class TimmWeights:
         import timm
 
         model = timm.create_model(self.model_name, pretrained=False, **self.create_kwargs)
-        state = timm.models.load_state_dict(str(file))
+        state, not_trunk = open_clip_trunk(timm.models.load_state_dict(str(file)))
         filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
         if filter_fn is not None:
             state = filter_fn(state, model)
@@ -200,7 +220,7 @@ class TimmWeights:
         rules = CheckpointRules(what=f"timm model {self.model_name}",
                                 absent=tuple(rf"^{re.escape(c)}\." for c in classifier))
         check_loading_info(target, {"missing_keys": [k for k in result.missing_keys if k not in mismatched],
-                                    "unexpected_keys": result.unexpected_keys,
+                                    "unexpected_keys": [*result.unexpected_keys, *not_trunk],
                                     "mismatched_keys": [(k, *shapes) for k, shapes in mismatched.items()]}, rules)
         return model
 
@@ -237,6 +257,7 @@ def load_or_build(
     drop: Sequence[str] = (),
     quantization: QuantSpec | None = None,
     rules: CheckpointRules | None = None,
+    load_kwargs: dict[str, Any] | None = None,
 ) -> FrozenBackbone:
     """A frozen backbone: pretrained weights from ``name_or_path`` (through ``load_pretrained``), or
     ``architecture`` built at random, in ``frozen_dtype`` (see ``resolve_dtype``) with gradients off.
@@ -251,6 +272,8 @@ def load_or_build(
     loading (``BitsAndBytesConfig``) or, for random builds, block by block right after initialisation.
     ``loader`` is the class used for ``from_pretrained`` when it differs from ``model_class`` (e.g. AutoModel).
     ``rules``: what the checkpoint must hold (``load_checked``); by default exactly ``model_class``'s tensors.
+    ``load_kwargs``: config values forced on a pretrained load (``from_pretrained`` keyword arguments, e.g. no
+    pooling head); random builds take them through ``config_overrides``.
     """
     from pneumollm.models.components.frozen import freeze, resolve_dtype
     from pneumollm.models.components.materialize import build_on_meta, drop_submodules, materialize
@@ -270,7 +293,7 @@ def load_or_build(
                                                  "device_map": {"": quant_device}}
         rules = rules or CheckpointRules(model_types={model_class.config_class.model_type}, what=model_class.__name__)
         model = load_checked(loader or model_class, name_or_path, rules, dtype=dtype,
-                             attn_implementation=attn_implementation, **extra)
+                             attn_implementation=attn_implementation, **extra, **dict(load_kwargs or {}))
         dropped = drop_submodules(model, drop)
         return FrozenBackbone(freeze(model), dropped)
     if architecture not in architectures:
