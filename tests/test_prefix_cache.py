@@ -121,3 +121,13 @@ def test_missing_films_are_computed_and_saved_once(tmp_path: Path) -> None:
     more = torch.cat([images, images[:1]])
     again.features(model.stem, [*"abcde", "f"], more, device=torch.device("cpu"), batch_size=4, progress=False)
     assert again.added == 1
+
+
+def test_the_cache_key_covers_the_code_that_picks_and_pools_tokens() -> None:
+    from pneumollm.models.components.encoders import ClipVisionEncoder
+    from pneumollm.training.prefix_cache import code_files
+
+    encoder = ClipVisionEncoder(pretrained=False, architecture="tiny", multiscale=1, adapter={"enabled": False},
+                                frozen_dtype="float32")
+    names = {path.name for path in code_files(encoder)}
+    assert {"encoders.py", "vision_tokens.py", "hf_vision.py", "base.py"} <= names

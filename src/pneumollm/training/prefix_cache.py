@@ -81,9 +81,8 @@ def prefix_key(prefix: FrozenPrefix, *, device: torch.device, precision: str, ex
     device type and precision it runs in, the torch version, and ``extra`` (the preprocessing identity)."""
     digest = hashlib.sha256()
     cls = type(prefix.module)
-    source = inspect.getsourcefile(cls)
     header = {"class": f"{cls.__module__}.{cls.__qualname__}", "settings": prefix.settings,
-              "code": hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else None,
+              "code": _code_digest(prefix.module),
               "device": device.type, "precision": precision, "torch": torch.__version__, **extra}
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
     tensors = [*prefix.module.named_parameters(), *prefix.module.named_buffers()]
@@ -91,6 +90,23 @@ def prefix_key(prefix: FrozenPrefix, *, device: torch.device, precision: str, ex
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def code_files(module: torch.nn.Module) -> list[Path]:
+    """The source files a prefix's features depend on: those of the suite's classes among its modules, and every
+    file of ``models/components`` (the helpers that pick blocks and pool tokens are functions, not modules)."""
+    import pneumollm.models.components as components
+
+    files = {Path(inspect.getsourcefile(type(m))) for m in module.modules()
+             if type(m).__module__.startswith("pneumollm.") and inspect.getsourcefile(type(m))}
+    return sorted(files | set(Path(components.__file__).parent.glob("*.py")))
+
+
+def _code_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for path in code_files(module):
+        digest.update(path.name.encode() + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 class PrefixFeatureCache:
