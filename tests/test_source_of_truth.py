@@ -299,6 +299,10 @@ def test_the_staged_table_is_its_predictions_figures(staged_study: Path) -> None
         assert float(table[f"{key}_mean"]) == pytest.approx(np.mean(per_fold), rel=1e-12, abs=1e-12), key
     text = (staged_study / "table.md").read_text()
     assert f"| {two(pooled['stage_accuracy'])} [" in text  # the pooled stage accuracy as table.md prints it
+    everything = pd.concat(folds.values())  # calibration of P(any): the binary prob and logit columns
+    for metric, value in calibration_figures(everything["label"], everything["prob"], everything["logit"]).items():
+        assert same(table[f"{metric}_pooled"], value), metric
+    assert (staged_study / "calibration.png").is_file() and (staged_study / "decision_curve.csv").is_file()
 
 
 def test_a_probability_that_rounds_to_one_keeps_its_order_in_the_logit_column() -> None:
