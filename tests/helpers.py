@@ -197,11 +197,17 @@ def wandb_run_contents(run_dir: Path, wait: float = 30.0) -> tuple[str, dict, di
     return run_id, config, summary
 
 
-def markdown_rows(text: str) -> list[list[str]]:
-    """The cells of every row of the pipe tables in ``text`` (header rows included, separator rows left out)."""
-    rows = []
+def markdown_rows(text: str, table: int | None = None) -> list[list[str]]:
+    """The cells of every row of the pipe tables in ``text`` (header rows included, separator rows left out);
+    ``table``: of that table only (0: the first; tables are separated by lines that are not table rows)."""
+    rows, index, inside = [], -1, False
     for line in text.splitlines():
-        if line.startswith("|") and not set(line) <= set("|:- "):
+        if not line.startswith("|"):
+            inside = False
+            continue
+        if not inside:
+            index, inside = index + 1, True
+        if not set(line) <= set("|:- ") and (table is None or index == table):
             rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
     return rows
 

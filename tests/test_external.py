@@ -50,6 +50,15 @@ def test_every_arm_is_scored_on_the_external_cohort(tmp_path: Path, capsys: pyte
     assert rows["baseline"]["delta_auc"] == ""  # the reference
     assert float(rows["pneumollm"]["delta_auc_ci_low"]) <= float(rows["pneumollm"]["delta_auc"])
     assert (folder / "roc.png").is_file() and (folder / "table.md").read_text().count(" ref ") == 2
+    for row in rows.values():  # each arm's calibration on the external films, with its patient-bootstrap interval
+        for metric in ("brier", "ece", "calibration_intercept"):
+            assert float(row[f"{metric}_ci_low"]) <= float(row[metric]) <= float(row[f"{metric}_ci_high"]), metric
+        assert 0 <= float(row["ece"]) <= 1 and 0 <= float(row["brier"]) <= 1
+    assert "## Calibration" in (folder / "table.md").read_text()
+    assert (folder / "calibration.png").is_file() and (folder / "decision_curve.png").is_file()
+    with (folder / "decision_curve.csv").open() as handle:
+        curve = list(csv.DictReader(handle))
+    assert len(curve) == 99 and list(curve[0]) == ["threshold", "treat_none", "treat_all", "baseline", "pneumollm"]
     with (folder / "predictions.csv").open() as handle:
         predictions = list(csv.DictReader(handle))
     assert len(predictions) == 24 and all(r["shift"] == "" for r in predictions)  # films like the training films

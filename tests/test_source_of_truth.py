@@ -1,6 +1,7 @@
 """One source of truth: every figure of a cross-validation table, an external table and a staged table is
 recomputed here from the predictions.csv files alone (pandas and scikit-learn, none of the suite's functions) and
-found equal to what metrics.json, summary.csv/md, table.csv/md, by_<column>.csv and pneumollm-compare show."""
+found equal to what metrics.json, summary.csv/md, table.csv/md, by_<column>.csv, decision_curve.csv and
+pneumollm-compare show."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.optimize import minimize_scalar, root
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from pneumollm.cli.aggregate import main as aggregate_main
@@ -31,6 +34,48 @@ def binary_figures(df: pd.DataFrame, calls: pd.Series) -> dict[str, float]:
               "accuracy": (calls == df["label"]).mean() * 100, "auc": roc_auc_score(df["label"], df["prob"]) * 100}
     values["avg"] = sum(values.values()) / 4
     return values
+
+
+CALIBRATION = ("brier", "ece", "calibration_slope", "calibration_intercept")
+
+
+def calibration_figures(labels: pd.Series, probs: pd.Series, logits: pd.Series | None) -> dict[str, float]:
+    """Brier, ECE (10 equal-width bins weighted by films), calibration slope and intercept written out by hand:
+    scikit-learn's calibration_curve; the slope from the joint model's score equations solved by scipy's root; the
+    intercept by minimising the offset model's negative log-likelihood. The log-odds: the stored logit column, else
+    those of prob clipped to [1e-6, 1 - 1e-6]; no slope where they separate the classes."""
+    y, p = labels.to_numpy().astype(int), probs.to_numpy(dtype=float)
+    clipped = np.clip(p, 1e-6, 1 - 1e-6)
+    z = logits.to_numpy(dtype=float) if logits is not None else np.log(clipped / (1 - clipped))
+    observed, predicted = calibration_curve(y, p, n_bins=10)
+    counts = pd.Series(pd.cut(p, np.linspace(0, 1, 11), include_lowest=True)).value_counts(sort=False).to_numpy()
+    values = {"brier": float(np.mean((p - y) ** 2)),
+              "ece": float(np.sum(counts[counts > 0] * np.abs(observed - predicted)) / len(y))}
+    design = np.column_stack([np.ones_like(z), z])
+
+    def score(beta: np.ndarray) -> np.ndarray:
+        return design.T @ (y - 1 / (1 + np.exp(-design @ beta)))
+
+    def jacobian(beta: np.ndarray) -> np.ndarray:
+        q = 1 / (1 + np.exp(-design @ beta))
+        return -(design * (q * (1 - q))[:, None]).T @ design
+
+    overlap = z[y == 1].min() < z[y == 0].max() and z[y == 0].min() < z[y == 1].max()
+    values["calibration_slope"] = float(root(score, np.zeros(2), jac=jacobian, tol=1e-14).x[1]) if overlap \
+        else float("nan")
+    values["calibration_intercept"] = float(minimize_scalar(
+        lambda a: float(np.sum(np.logaddexp(0, a + z) - y * (a + z))), bounds=(-30, 30), method="bounded",
+        options={"xatol": 1e-12}).x)
+    return values
+
+
+def same(value: str | float, expected: float) -> bool:
+    """A stored figure (a CSV cell or a metrics.json number) equals a recomputed one; empty / NaN where it has none
+    (slope and intercept to 1e-5: they come from other optimisers here)."""
+    stored = float("nan") if value == "" else float(value)
+    if np.isnan(expected):
+        return bool(np.isnan(stored))
+    return stored == pytest.approx(expected, rel=1e-5, abs=1e-5)
 
 
 def two(value: float) -> str:
@@ -76,6 +121,7 @@ def binary_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_each_folds_metrics_are_its_predictions_figures(binary_study: Path) -> None:
+    slopes = []
     for arm in ("baseline", "pneumollm"):
         for fold, df in _fold_tables(binary_study / "runs", arm).items():
             metrics = json.loads((binary_study / "runs" / arm / f"fold{fold}" / "metrics.json").read_text())
@@ -84,13 +130,19 @@ def test_each_folds_metrics_are_its_predictions_figures(binary_study: Path) -> N
             assert np.allclose(1 / (1 + np.exp(-df["logit"])), df["prob"], rtol=1e-6, atol=1e-7)
             for metric, value in binary_figures(df, df["pred"]).items():
                 assert metrics[f"test/{metric}"] == pytest.approx(value, rel=1e-12, abs=1e-12), (arm, fold, metric)
+            for metric, value in calibration_figures(df["label"], df["prob"], df["logit"]).items():
+                assert same(metrics[f"test/{metric}"], value), (arm, fold, metric)
+            slopes.append(metrics["test/calibration_slope"])
+    assert np.isfinite(slopes).any()  # some folds' log-odds overlap across the classes: their slopes were compared
 
 
 def test_summary_and_table_are_the_predictions_figures(binary_study: Path) -> None:
     summary = {(r["arm"], r["fold"]): r for r in _csv_rows(binary_study / "summary.csv")}
     table = {r["arm"]: r for r in _csv_rows(binary_study / "table.csv")}
     summary_md = {(r[0], r[1]): r for r in markdown_rows((binary_study / "summary.md").read_text())}
-    table_rows = markdown_rows((binary_study / "table.md").read_text())
+    table_rows = markdown_rows((binary_study / "table.md").read_text(), table=0)
+    calibration_rows = markdown_rows((binary_study / "table.md").read_text(), table=1)  # the calibration section
+    calibration_md = {r[0]: dict(zip(calibration_rows[0], r)) for r in calibration_rows[1:]}
     table_md = {r[0]: dict(zip(table_rows[0], r)) for r in table_rows[1:]}
     for arm in ("baseline", "pneumollm"):
         folds = _fold_tables(binary_study / "runs", arm)
@@ -113,6 +165,25 @@ def test_summary_and_table_are_the_predictions_figures(binary_study: Path) -> No
         assert float(summary[(arm, "mean")]["pooled_auc"]) == pytest.approx(pooled, rel=1e-12)
         assert float(table[arm]["pooled_auc"]) == pytest.approx(pooled, rel=1e-12)
         assert table_md[label]["pooled AUC [95% CI]"].startswith(f"{two(pooled)} [")
+        everything = pd.concat(folds.values())
+        pooled_calibration = calibration_figures(everything["label"], everything["prob"], everything["logit"])
+        fold_calibration = {f: calibration_figures(df["label"], df["prob"], df["logit"]) for f, df in folds.items()}
+        for metric in CALIBRATION:
+            assert same(summary[(arm, "mean")][f"pooled_{metric}"], pooled_calibration[metric]), (arm, metric)
+            assert same(table[arm][f"{metric}_pooled"], pooled_calibration[metric]), (arm, metric)
+            per_fold_values = [fold_calibration[f][metric] for f in folds]
+            for fold in folds:
+                assert same(summary[(arm, str(fold))][metric], fold_calibration[fold][metric]), (arm, fold, metric)
+            assert same(table[arm][f"{metric}_mean"], float(np.nanmean(per_fold_values))), (arm, metric)
+        assert calibration_md[label]["Brier [95% CI]"].startswith(f"{pooled_calibration['brier']:.3f} [")
+        decisions = pd.read_csv(binary_study / "decision_curve.csv")
+        for _, row in decisions.iloc[::10].iterrows():
+            referred = everything["prob"] > row["threshold"]
+            n, odds = len(everything), row["threshold"] / (1 - row["threshold"])
+            tp, fp = (referred & (everything["label"] == 1)).sum(), (referred & (everything["label"] == 0)).sum()
+            assert row[arm] == pytest.approx(tp / n - fp / n * odds, rel=1e-12, abs=1e-12)
+            assert row["treat_all"] == pytest.approx(everything["label"].mean() - (1 - everything["label"].mean())
+                                                     * odds, rel=1e-12, abs=1e-12)
 
 
 def test_the_subgroup_rows_are_the_predictions_figures(binary_study: Path) -> None:
@@ -151,7 +222,7 @@ def test_the_external_table_is_its_predictions_figures(binary_study: Path) -> No
     (folder,) = (binary_study / "external").iterdir()
     films = pd.read_csv(folder / "predictions.csv")
     table = {r["arm"]: r for r in _csv_rows(folder / "table.csv")}
-    rows = markdown_rows((folder / "table.md").read_text())
+    rows = markdown_rows((folder / "table.md").read_text(), table=0)
     table_md = {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
     for arm, row in table.items():
         calls = (films[arm] > float(row["threshold"])).astype(int)
@@ -161,6 +232,14 @@ def test_the_external_table_is_its_predictions_figures(binary_study: Path) -> No
             assert table_md[row["label"]][SUMMARY_HEADERS[metric]] == two(expected[metric])
         assert table_md[row["label"]]["AUC [95% CI]"].startswith(f"{two(expected['auc'])} [")
         assert np.isfinite(films[f"logit_{arm}"]).all()
+        for metric, value in calibration_figures(films["label"], films[arm], films[f"logit_{arm}"]).items():
+            assert same(row[metric], value), (arm, metric)
+        decisions = pd.read_csv(folder / "decision_curve.csv")
+        half = decisions.iloc[49]  # threshold 0.5
+        referred = films[arm] > 0.5
+        assert half[arm] == pytest.approx(((referred & (films["label"] == 1)).sum() - (referred & (films["label"] ==
+                                           0)).sum()) / len(films), rel=1e-12, abs=1e-12)
+    assert {"calibration.png", "decision_curve.png"} <= {p.name for p in folder.iterdir()}
     title = (folder / "table.md").read_text().splitlines()[0]
     assert "size=tiny (CPU stand-ins)" in title and "pneumoconiosis vs normal" in title
 
@@ -220,6 +299,10 @@ def test_the_staged_table_is_its_predictions_figures(staged_study: Path) -> None
         assert float(table[f"{key}_mean"]) == pytest.approx(np.mean(per_fold), rel=1e-12, abs=1e-12), key
     text = (staged_study / "table.md").read_text()
     assert f"| {two(pooled['stage_accuracy'])} [" in text  # the pooled stage accuracy as table.md prints it
+    everything = pd.concat(folds.values())  # calibration of P(any): the binary prob and logit columns
+    for metric, value in calibration_figures(everything["label"], everything["prob"], everything["logit"]).items():
+        assert same(table[f"{metric}_pooled"], value), metric
+    assert (staged_study / "calibration.png").is_file() and (staged_study / "decision_curve.csv").is_file()
 
 
 def test_a_probability_that_rounds_to_one_keeps_its_order_in_the_logit_column() -> None:
@@ -270,5 +353,10 @@ def test_old_runs_with_six_decimal_probabilities_and_no_logit_are_still_read(tmp
                            "--no-wandb"]) == 0
     pooled = next(r for r in _csv_rows(tmp_path / "study" / "summary.csv") if r["fold"] == "mean")["pooled_auc"]
     assert float(pooled) == 75.0  # 4 won and 4 tied pairs of 8: the ties at 0.000000 the old files carry count half
+    mean = next(r for r in _csv_rows(tmp_path / "study" / "summary.csv") if r["fold"] == "mean")
+    films = pd.concat(pd.read_csv(tmp_path / "study" / "arm" / f"fold{f}" / "predictions.csv") for f in range(2))
+    expected = calibration_figures(films["label"], films["prob"], None)  # no logit column: logit(clipped prob)
+    for metric in CALIBRATION:
+        assert same(mean[f"pooled_{metric}"], expected[metric]), metric
     assert (tmp_path / "study" / "summary.md").read_text().startswith(
         "# Summary: 2-fold cross-validation, size=?, pneumoconiosis vs normal")

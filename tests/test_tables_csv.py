@@ -15,6 +15,7 @@ from pneumollm.analysis.tables import CSV_COLUMNS, load_paper_results
 from tests.test_aggregate import _fake_run
 
 DELTAS = [f"{d}{suffix}" for d in ("delta_avg", "delta_auc") for suffix in ("", "_ci_low", "_ci_high")]
+NO_SLOPE = {c for c in CSV_COLUMNS if c.startswith("calibration_slope_")}
 
 
 def fake_table6(runs: Path, offsets: dict[str, float], params: int = 10) -> Path:
@@ -46,6 +47,7 @@ def test_table_csv_is_numeric_with_empty_reference_deltas(tmp_path: Path) -> Non
     for arm, row in rows.items():
         lacking = {"paper_memory_gb"} if paper[arm].memory_gb is None else set()  # the paper gives none
         lacking |= {"paper_trainable_params_m"} if paper[arm].trainable_params_m is None else set()
+        lacking |= NO_SLOPE  # each negative (0.2) lies below every positive: the slope has no finite estimate
         for column, cell in row.items():
             if column in ("arm", "label"):
                 continue
@@ -91,11 +93,21 @@ def test_summary_and_table_list_the_arms_in_one_order(tmp_path: Path) -> None:
     summary_arms = list(dict.fromkeys(r["arm"] for r in _rows(tmp_path / "summary.csv")))
     assert summary_arms == [r["arm"] for r in _rows(tmp_path / "table.csv")] == order
 
-    def md_arms(name: str) -> list[str]:
-        lines = [line for line in (tmp_path / name).read_text().splitlines() if line.startswith("| ")][1:]
-        return list(dict.fromkeys(line.split("|")[1].strip() for line in lines))
+    def md_arms(name: str) -> list[list[str]]:
+        """The arms of each Markdown table of the file (the main table, then the calibration section's), in order."""
+        tables: list[list[str]] = []
+        in_body = False
+        for line in (tmp_path / name).read_text().splitlines():
+            if line.startswith("|:"):  # the separator under a table's header
+                tables.append([])
+                in_body = True
+            elif line.startswith("| ") and in_body:
+                tables[-1].append(line.split("|")[1].strip())
+            elif not line.startswith("|"):
+                in_body = False
+        return [list(dict.fromkeys(arms)) for arms in tables]
 
-    assert md_arms("summary.md") == md_arms("table.md") == order
+    assert md_arms("summary.md") == md_arms("table.md") == [order, order]  # the main table, calibration
     assert [r["arm"] for r in summary_rows(summaries, order=order)][::4] == order  # 3 folds + mean per arm
     write_summary(summaries, tmp_path)  # without an order: the order given
     assert list(dict.fromkeys(r["arm"] for r in _rows(tmp_path / "summary.csv"))) == list(arms)

@@ -40,7 +40,11 @@ def test_a_fold_run_writes_metrics_predictions_config_and_a_trainable_only_check
     metrics = run_fold(cfg)
     run = tmp_path / "run"
     saved = json.loads((run / "metrics.json").read_text())
-    assert saved == metrics
+    # equal key by key; a figure that does not exist (NaN: e.g. the calibration slope of test films whose log-odds
+    # separate the classes) reads back as NaN, which compares unequal to itself
+    assert saved.keys() == metrics.keys()
+    assert all(saved[k] == v or (isinstance(v, float) and np.isnan(v) and np.isnan(saved[k]))
+               for k, v in metrics.items())
     for key in ("test/sensitivity", "test/specificity", "test/accuracy", "test/auc", "test/avg", "fold", "arm",
                 "seed", "trainable_params", "total_params", "peak_memory_mb", "train_seconds", "config_hash"):
         assert key in saved, key

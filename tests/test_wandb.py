@@ -4,6 +4,7 @@ aggregate run, and the sync command finds them all."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from pneumollm.analysis.wandb_sync import main as sync_main
 from pneumollm.analysis.wandb_sync import offline_runs
 from pneumollm.cli.aggregate import main as aggregate_main
 from pneumollm.training.run import run_fold
-from tests.helpers import compose_train, crash_at_epoch, make_toy_manifest, wandb_run_contents
+from tests.helpers import compose_train, crash_at_epoch, make_toy_manifest, wandb_records, wandb_run_contents
 from tests.test_training import TOY
 
 WANDB = [o if o != "logger=csv" else "logger=wandb" for o in TOY]
@@ -59,6 +60,13 @@ def test_reaggregating_updates_one_aggregate_run_and_sync_lists_every_run(manife
     assert aggregate_main([*args, "--force"]) == 0
     aggregates = offline_runs([tmp_path / "study" / "wandb"])
     assert len(aggregates) == 2 and len({wandb_run_contents(r)[0] for r in aggregates}) == 1
+    (run_file,) = aggregates[-1].glob("run-*.wandb")
+    logged = {"/".join([i.key] if i.key else i.nested_key): json.loads(i.value_json) for r in wandb_records(run_file)
+              if r.WhichOneof("record_type") == "history" for i in r.history.item}  # media as key/_type, key/path...
+    assert {"table/path", "per_fold/path", "decision_curve/path", "calibration/path"} <= set(logged), sorted(logged)
+    (table,) = (aggregates[-1] / "files").glob(logged["table/path"])  # the table.csv columns, calibration's too
+    columns = json.loads(table.read_text())["columns"]
+    assert {"brier_pooled", "ece_pooled_ci_low", "calibration_slope_mean", "calibration_intercept_std"} <= set(columns)
     capsys.readouterr()
     assert sync_main([str(tmp_path / "study"), "--dry-run"]) == 0
     listed = capsys.readouterr().out.split()

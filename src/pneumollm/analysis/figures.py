@@ -3,7 +3,6 @@ one fold's features, a panel of test films with every arm's call."""
 
 from __future__ import annotations
 
-import math
 import textwrap
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -19,25 +18,15 @@ from PIL import Image
 from sklearn.manifold import TSNE
 
 from pneumollm.analysis.collect import ArmRuns
+from pneumollm.analysis.plotting import ARM_COLOURS
+from pneumollm.analysis.plotting import panel_grid as _grid
+from pneumollm.analysis.plotting import save_figure as _save
 from pneumollm.analysis.stats import Interval, patient_resamples
 from pneumollm.analysis.summary import ArmSummary
 from pneumollm.analysis.wording import probability_name
 from pneumollm.data.targets import BINARY_CLASSES
-from pneumollm.utils.io import atomic_write
 
 RIGHT, WRONG = "#1a1a1a", "#c0182a"  # the colours of a right and a wrong call in the film panel
-ARM_COLOURS = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "navy", "olive", "teal")  # no grey
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, bbox_inches="tight", format="png"))
-    plt.close(fig)
-    return path
-
-
-def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
-    cols = max(1, min(max_cols, n))
-    return math.ceil(n / cols), cols
 
 
 # --- ROC with a patient-level bootstrap band ------------------------------------------------------------------

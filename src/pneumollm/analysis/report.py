@@ -310,8 +310,9 @@ def table_title(table: str, arms: list[ArmRuns], num_folds: int) -> str:
 def table_figures(ordered: list[ArmRuns], rows: list[TableRow], out_dir: Path, table: str,
                   config: DictConfig, curve: dict[str, float] | None, n_boot: int = 2000,
                   tsne_fold: int | None = None) -> list[Path]:
-    """The table's figures: roc.png, curve.png (figures with a swept setting), tsne.png and films.png where the
-    runs saved features and the prepared cohort is readable."""
+    """The table's figures: roc.png, curve.png (figures with a swept setting), calibration.png, decision_curve.png
+    (and its decision_curve.csv), tsne.png and films.png where the runs saved features and the prepared cohort is
+    readable."""
     summaries = [r.summary for r in rows]
     names = common_class_names(a.class_names for a in ordered)
     figures = [plot_roc(ordered, summaries, out_dir / "roc.png",
@@ -337,6 +338,9 @@ def table_figures(ordered: list[ArmRuns], rows: list[TableRow], out_dir: Path, t
         rocs = plot_output_rocs(ordered, summaries, out_dir / f"{what}_roc.png",
                                 f"{table}: pooled out-of-fold one-vs-rest ROC per {what}")
         figures += [f for f in (staged, rocs) if f is not None]
+    from pneumollm.analysis.summary import write_calibration_figures
+
+    figures += [f for f in write_calibration_figures(summaries, out_dir, table) if f.suffix == ".png"]
     films, calls = _panel_films(ordered)
     if films:
         figures.append(plot_film_panel(films, calls, out_dir / "films.png",
@@ -397,6 +401,10 @@ def log_table_to_wandb(table: str, report: TableReport) -> str | None:
             columns, rows = _numeric_rows(summary_csv)
             fold = columns.index("fold")
             logged["per_fold"] = wandb.Table(columns=columns, data=[r for r in rows if isinstance(r[fold], float)])
+        decisions = report.table_md.parent / "decision_curve.csv"
+        if decisions.is_file():
+            columns, rows = _numeric_rows(decisions)
+            logged["decision_curve"] = wandb.Table(columns=columns, data=rows)
         logged.update({fig.stem: wandb.Image(str(fig)) for fig in report.figures})
         run.log(logged)
     finally:

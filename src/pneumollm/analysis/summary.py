@@ -11,6 +11,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumollm.analysis.auc import pooled_auc
+from pneumollm.analysis.calibration import (
+    CalibrationSummary,
+    arm_calibration,
+    markdown_section,
+    summary_fields,
+    summary_values,
+)
 from pneumollm.analysis.collect import ArmRuns
 from pneumollm.analysis.wording import class_words, common_class_names, probability_name, size_words
 from pneumollm.data.targets import BINARY, BINARY_CLASSES
@@ -40,11 +47,13 @@ class ArmSummary:
     task: TaskSummary | None = None  # staged / multi-label arms: their own figures (binary: None)
     class_names: tuple[str, str] = BINARY_CLASSES  # the words of label 0 and label 1
     size: str | None = None  # size_name of the runs (tiny: the CPU stand-ins)
+    calibration: CalibrationSummary | None = None  # Brier, ECE, slope, intercept (not in percent)
 
 
 def summarise_arm(arm: ArmRuns, n_boot: int = 2000) -> ArmSummary:
     """Mean and sample std (ddof=1) over folds of each metric, and the pooled out-of-fold AUC; for a staged or
-    multi-label arm also its task's figures (``task_summary``; ``n_boot`` resamples for their intervals).
+    multi-label arm also its task's figures (``task_summary``; ``n_boot`` resamples for their intervals); and its
+    calibration per fold and pooled (``analysis.calibration``, with ``n_boot`` resamples too).
 
     Each fold's figures are its run's ``metrics.json``, which the run computed from the predictions it wrote with
     the same function (``training.prediction_metrics``) that gives the pooled figures here."""
@@ -62,7 +71,7 @@ def summarise_arm(arm: ArmRuns, n_boot: int = 2000) -> ArmSummary:
         peak_memory_mb=float(max(arm.folds[f].get("peak_memory_mb", 0.0) for f in folds)),
         films=len(arm.predictions),
         task=_task_summary(arm, n_boot),
-        class_names=arm.class_names, size=arm.size,
+        class_names=arm.class_names, size=arm.size, calibration=arm_calibration(arm, n_boot=n_boot),
     )
 
 
@@ -164,7 +173,7 @@ def write_summary(summaries: list[ArmSummary], out_dir: str | Path,
     summaries = in_order(summaries, order)
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
     fields = ["arm", "label", "fold", *METRICS, "pooled_auc", "trainable_params", "peak_memory_mb",
-              *_task_fields(summaries)]
+              *_task_fields(summaries), *summary_fields()]
 
     def write_csv(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as handle:
@@ -175,11 +184,12 @@ def write_summary(summaries: list[ArmSummary], out_dir: str | Path,
                           "peak_memory_mb": round(s.peak_memory_mb, 1)}
                 for fold, metrics in s.per_fold.items():
                     out.writerow({**common, "fold": fold, **{m: _number(metrics[m]) for m in METRICS},
-                                  "pooled_auc": "", **_task_csv(s, fold)})
+                                  "pooled_auc": "", **_task_csv(s, fold), **summary_values(s.calibration, fold)})
                 out.writerow({**common, "fold": "mean", **{m: _number(s.mean[m]) for m in METRICS},
-                              "pooled_auc": _number(s.pooled_auc), **_task_csv(s, "mean")})
+                              "pooled_auc": _number(s.pooled_auc), **_task_csv(s, "mean"),
+                              **summary_values(s.calibration, "mean")})
                 out.writerow({**common, "fold": "std", **{m: _number(s.std[m]) for m in METRICS}, "pooled_auc": "",
-                              **_task_csv(s, "std")})
+                              **_task_csv(s, "std"), **summary_values(s.calibration, "std")})
 
     atomic_write(csv_path, write_csv)
     rows = summary_rows(summaries)
@@ -194,5 +204,22 @@ def write_summary(summaries: list[ArmSummary], out_dir: str | Path,
     if any(s.task is not None for s in summaries):
         note += (f" Sens./Spec./Acc./AUC/AVG: 'any {names[1]}' (stage >= 1, or the primary finding) from "
                  "P(any), the sum of the stage >= 1 probabilities (or the primary finding's sigmoid).")
-    atomic_write_text(md_path, "\n".join([*lines, note, *task_sections(summaries)]) + "\n")
+    atomic_write_text(md_path, "\n".join([*lines, note, *task_sections(summaries), *calibration_sections(summaries)])
+                      + "\n")
+    write_calibration_figures(summaries, out_dir, summary_title(summaries))
     return csv_path, md_path
+
+
+def calibration_sections(summaries: Sequence[ArmSummary]) -> list[str]:
+    """summary.md's (and table.md's) calibration section: each arm's pooled figures with intervals, mean ± std."""
+    return markdown_section([(s.label, s.calibration) for s in summaries if s.calibration is not None])
+
+
+def write_calibration_figures(summaries: Sequence[ArmSummary], out_dir: Path, title: str) -> list[Path]:
+    """``calibration.png`` and ``decision_curve.png``/``.csv`` of the arms with a calibration summary."""
+    arms = [(s.arm, s.label, s.calibration) for s in summaries if s.calibration is not None]
+    if not arms:
+        return []
+    from pneumollm.analysis.calibration_figures import write_calibration_outputs
+
+    return write_calibration_outputs(arms, out_dir, title, common_class_names(s.class_names for s in summaries))

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumollm.analysis.calibration import TABLE_COLUMNS as CALIBRATION_COLUMNS
+from pneumollm.analysis.calibration import table_values as calibration_values
 from pneumollm.analysis.collect import ArmRuns
 from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_difference
-from pneumollm.analysis.summary import METRICS, ArmSummary, summarise_arm, task_sections
+from pneumollm.analysis.summary import METRICS, ArmSummary, calibration_sections, summarise_arm, task_sections
 from pneumollm.utils.io import atomic_write, atomic_write_text
 from pneumollm.utils.markdown import markdown_table
 
@@ -147,6 +149,7 @@ CSV_COLUMNS = (
     *_interval_columns("pooled_auc"), *_interval_columns("delta_avg"), *_interval_columns("delta_auc"),
     "full_size_trainable_params", "paper_trainable_params_m", "paper_memory_gb",
     *(f"paper_{m}" for m in PAPER_METRICS),
+    *CALIBRATION_COLUMNS,  # brier, ece, calibration_slope, calibration_intercept: _mean, _std, _pooled (+ interval)
 )
 
 
@@ -179,7 +182,7 @@ def row_values(row: TableRow) -> dict[str, int | float | str]:
     values["paper_memory_gb"] = _number_or_empty(paper.memory_gb if paper else None)
     for m in PAPER_METRICS:
         values[f"paper_{m}"] = _number_or_empty(paper.metrics[m] if paper else None)
-    return values
+    return values | calibration_values(s.calibration)
 
 
 def task_csv_columns(rows: list[TableRow]) -> list[str]:
@@ -226,7 +229,9 @@ def write_table(rows: list[TableRow], out_dir: str | Path, title: str, notes: li
     shown = [i for i, c in enumerate(COLUMNS) if c not in hidden]
     table = markdown_table([COLUMNS[i] for i in shown], ([cells[i] for i in shown] for cells in body))
     lines = [f"# {title}", "", table]
-    atomic_write_text(md_path, "\n".join([*lines, "", *notes, *task_sections([r.summary for r in rows])]) + "\n")
+    summaries = [r.summary for r in rows]
+    atomic_write_text(md_path, "\n".join([*lines, "", *notes, *task_sections(summaries),
+                                         *calibration_sections(summaries)]) + "\n")
     task_columns = task_csv_columns(rows)
 
     def writer(tmp: Path) -> None:

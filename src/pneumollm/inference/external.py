@@ -16,6 +16,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from pneumollm.analysis.auc import binary_metrics
+from pneumollm.analysis.calibration import EXTERNAL_COLUMNS as CALIBRATION_COLUMNS
 from pneumollm.analysis.collect import (
     RUNS_SUBDIR,
     AggregationError,
@@ -40,7 +41,7 @@ from pneumollm.utils.markdown import markdown_table
 METRICS = ("sensitivity", "specificity", "accuracy", "auc", "avg")
 CSV_COLUMNS = ("arm", "label", "films", "patients", "threshold", *METRICS, "pooled_auc_ci_low",
                "pooled_auc_ci_high", "delta_auc", "delta_auc_ci_low", "delta_auc_ci_high", "delta_avg",
-               "delta_avg_ci_low", "delta_avg_ci_high")
+               "delta_avg_ci_low", "delta_avg_ci_high", *CALIBRATION_COLUMNS)
 
 
 @dataclass
@@ -144,12 +145,18 @@ def _fmt(value: float | None) -> str:
 
 def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecord], reference: str | None,
                    title: str, n_boot: int) -> list[Path]:
-    """table.md, table.csv (numbers), predictions.csv (every arm's probability per film) and roc.png."""
+    """table.md, table.csv (numbers), predictions.csv (every arm's probability per film), roc.png, and the
+    calibration figures (calibration.png, decision_curve.png and .csv)."""
+    from pneumollm.analysis.calibration import external_values, markdown_section, summarise_calibration
+    from pneumollm.analysis.calibration_figures import write_calibration_outputs
     from pneumollm.analysis.collect import ArmRuns
     from pneumollm.analysis.figures import plot_roc
     from pneumollm.analysis.summary import ArmSummary
 
     patients = {f.patient_id for f in films}
+    labels, film_patients = [f.label for f in films], [f.patient_id for f in films]
+    calibrations = {a.arm: summarise_calibration(labels, a.probs, a.log_odds, film_patients, n_boot=n_boot)
+                    for a in arms}
     rows = []
     for arm in arms:
         row = {"arm": arm.arm, "label": arm.label, "films": len(films), "patients": len(patients),
@@ -159,7 +166,7 @@ def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecor
             row.update({name: _fmt(delta.estimate if delta else None), f"{name}_ci_low": _fmt(delta.low if delta
                                                                                               else None),
                         f"{name}_ci_high": _fmt(delta.high if delta else None)})
-        rows.append(row)
+        rows.append(row | {k: _fmt(v if v != "" else None) for k, v in external_values(calibrations[arm.arm]).items()})
 
     def write_csv(path: Path, columns: list[str] | tuple[str, ...], data: list[dict]) -> None:
         def writer(tmp: Path) -> None:
@@ -196,13 +203,16 @@ def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecor
                   "probabilities, calls at each arm's threshold (the mean of its folds'). AUC with a 95% percentile "
                   f"bootstrap interval over patients ({n_boot} resamples); Δ = paired difference to the reference arm "
                   f"({reference or 'none'}) on the same films, paired bootstrap over patients. Figures in percent."]
+    lines += markdown_section([(a.label, calibrations[a.arm]) for a in arms], what="on the external films")
     atomic_write_text(out_dir / "table.md", "\n".join(lines) + "\n")
     pseudo = [ArmRuns(a.arm, a.label, predictions=[Prediction(f.image_id, f.patient_id, 0, f.label, float(a.probs[i]))
                                                     for i, f in enumerate(films)]) for a in arms]
     summaries = [ArmSummary(a.arm, a.label, {}, {}, {}, a.metrics["auc"], 0, 0.0, len(films)) for a in arms]
     roc = plot_roc(pseudo, summaries, out_dir / "roc.png", f"{title}: ROC on the external films",
                    intervals=[a.auc for a in arms], n_boot=min(n_boot, 1000))
-    return [out_dir / "table.md", out_dir / "table.csv", out_dir / "predictions.csv", roc]
+    calibration = write_calibration_outputs([(a.arm, a.label, calibrations[a.arm]) for a in arms], out_dir, title,
+                                            names)
+    return [out_dir / "table.md", out_dir / "table.csv", out_dir / "predictions.csv", roc, *calibration]
 
 
 def external_validation(table_dir: Path, data: Path, out: Path | None = None, n_boot: int = 2000,

@@ -168,7 +168,7 @@ class ClassificationModule(L.LightningModule):
         index, label, prob, target, outputs, log_odds = (torch.cat(parts).numpy() for parts in zip(*self._test_rows))
         self.test_predictions = {"index": index, "label": label, "prob": prob, "target": target, "outputs": outputs,
                                  "logit": log_odds}
-        figures = prediction_metrics(label, prob, self.threshold, self.task, target, outputs)
+        figures = prediction_metrics(label, prob, self.threshold, self.task, target, outputs, logits=log_odds)
         self.test_confusion = stage_confusion(self.task, target, outputs)
         self.test_results = {f"test/{k}": v for k, v in figures.items()}
         self.log_dict({k: v for k, v in self.test_results.items() if np.isfinite(v)})

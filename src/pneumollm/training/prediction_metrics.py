@@ -6,7 +6,9 @@ of ``prob`` (scikit-learn's ``roc_auc_score``: tied probabilities count half) an
 (multi-class) figures: stage accuracy, macro one-vs-rest AUC, quadratic-weighted Cohen's kappa, and each stage's
 sensitivity and specificity (the most probable stage is the call). Multi-label figures: macro and micro AUC, and
 each finding's AUC, sensitivity and specificity (a finding's sigmoid above 0.5 is the call). Percentages, except
-kappa (a coefficient in [-1, 1]); NaN where a figure does not exist (a class absent from the films).
+kappa (a coefficient in [-1, 1]); NaN where a figure does not exist (a class absent from the films). Calibration
+of P(class 1) (``calibration_metrics``): Brier score and ECE on the probability scale, the calibration slope and
+intercept on the log-odds scale, from the stored log-odds where given.
 
 The inputs are the numbers a ``predictions.csv`` holds, so a figure computed while a run is written equals the
 figure recomputed from its file: probabilities are written exactly (``records.number_text``). Pure NumPy and
@@ -20,9 +22,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from pneumollm.data.targets import BINARY, MULTICLASS, LabelTask
+from pneumollm.training.calibration_metrics import CALIBRATION_METRICS, calibration_metrics
 
 BINARY_METRICS = ("sensitivity", "specificity", "accuracy", "auc", "avg")
-UNSCALED = ("kappa",)  # coefficients, not percentages
+UNSCALED = ("kappa", *CALIBRATION_METRICS)  # not percentages (coefficients, probability-scale errors)
 
 
 def auc_percent(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
@@ -112,10 +115,12 @@ def stage_confusion(task: LabelTask, targets: Sequence | np.ndarray,
 def prediction_metrics(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray,
                        threshold: float | Sequence[float] | np.ndarray = 0.5, task: LabelTask | None = None,
                        targets: Sequence | np.ndarray | None = None,
-                       outputs: Sequence | np.ndarray | None = None) -> dict[str, float]:
-    """Every figure of a set of predictions: the binary ones (``binary_metrics``) and, for a staged or multi-label
-    ``task``, its own (``task_metrics``, from ``targets`` and ``outputs``)."""
-    values = binary_metrics(labels, probs, threshold)
+                       outputs: Sequence | np.ndarray | None = None,
+                       logits: Sequence[float | None] | np.ndarray | None = None) -> dict[str, float]:
+    """Every figure of a set of predictions: the binary ones (``binary_metrics``), the calibration of P(class 1)
+    (``calibration_metrics``; ``logits``: its stored log-odds, else those of ``probs``) and, for a staged or
+    multi-label ``task``, its own (``task_metrics``, from ``targets`` and ``outputs``)."""
+    values = binary_metrics(labels, probs, threshold) | calibration_metrics(labels, probs, logits)
     if task is not None and task.task != BINARY and targets is not None and outputs is not None and len(labels):
         values |= task_metrics(task, targets, outputs)
     return values
