@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from pneumollm.paths import conf_dir
-from pneumollm.training.run import trainer_config
+from pneumollm.training.trainer import trainer_config
 from tests.helpers import compose_train
 
 CONF = conf_dir()
@@ -200,7 +200,7 @@ def test_paper_sweeps_keep_each_cohort_apart(tmp_path: Path) -> None:
 
 
 def test_cpu_threads_apply_to_cpu_training_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pneumollm.training.run import apply_cpu_threads
+    from pneumollm.training.trainer import apply_cpu_threads
 
     before = torch.get_num_threads()
     try:

@@ -34,12 +34,13 @@ from pneumollm.inference.models import (
     fold_for_inference,
     preprocess_settings,
 )
-from pneumollm.training.records import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
+from pneumollm.training.fold_metrics import HEADLINE
+from pneumollm.training.run_folder import METRICS_FILE, PREDICTIONS_FILE, RunFolder
 from pneumollm.utils.io import atomic_write, atomic_write_json, atomic_write_text
 from pneumollm.utils.markdown import markdown_table
 
 EXPORT_FORMAT = 1
-METRIC_KEYS = ("test/sensitivity", "test/specificity", "test/accuracy", "test/auc", "test/avg")
+METRIC_KEYS = tuple(f"test/{name}" for name in HEADLINE)  # the folds' figures export.json keeps
 
 
 def _base_weights(config: Any) -> dict[str, Any]:
@@ -67,18 +68,20 @@ def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     folds, configs = [], []
     for run_dir in run_dirs:
-        metrics = json.loads((run_dir / METRICS_FILE).read_text())
-        config = OmegaConf.load(run_dir / CONFIG_FILE)
-        fold = int(metrics["fold"])
-        checkpoint = metrics.get("checkpoint")
-        state = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True) if checkpoint else {}
+        folder = RunFolder(run_dir)
+        metrics, config = folder.metrics(), folder.config()
+        if metrics is None or config is None:
+            raise ModelLoadError(f"{run_dir}: not a finished run (needs config.yaml and a readable metrics.json)")
+        fold = int(metrics.fold if metrics.fold is not None else config.data.fold)
+        state = torch.load(run_dir / metrics.checkpoint, map_location="cpu", weights_only=True) \
+            if metrics.checkpoint else {}
         folds.append({**write_fold(out_dir, fold, state.get("state_dict", {}), config),
-                      "threshold": float(metrics.get("threshold", 0.5)),
-                      "threshold_mode": metrics.get("threshold_mode", "fixed"),
-                      "selected_epoch": metrics.get("selected_epoch"),
-                      "metrics": {k: metrics[k] for k in METRIC_KEYS if k in metrics},
+                      "threshold": float(metrics.threshold if metrics.threshold is not None else 0.5),
+                      "threshold_mode": metrics.threshold_mode or "fixed",
+                      "selected_epoch": metrics.selected_epoch,
+                      "metrics": {f"test/{k}": metrics.test[k] for k in HEADLINE if k in metrics.test},
                       "frozen_fingerprints": state.get("frozen_fingerprints"),
-                      "trainable_params": metrics.get("trainable_params")})
+                      "trainable_params": metrics.trainable_params})
         configs.append(config)
     predictions = [p for run_dir in run_dirs for p in read_predictions(run_dir / PREDICTIONS_FILE)]
     pooled = bootstrap_auc_by_patient([p.label for p in predictions], [p.prob for p in predictions],

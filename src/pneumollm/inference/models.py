@@ -9,7 +9,6 @@ from other base weights than it was trained with.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from pneumollm.data.preprocess import PreprocessSettings
 from pneumollm.data.targets import BINARY, LabelTask
 from pneumollm.errors import UserError
 from pneumollm.models.components.frozen import frozen_tensor_fingerprints
-from pneumollm.training.records import CONFIG_FILE, METRICS_FILE
+from pneumollm.training.run_folder import CONFIG_FILE, METRICS_FILE, RunFolder
 
 EXPORT_FILE = "export.json"
 
@@ -153,14 +152,13 @@ def fold_for_inference(net: torch.nn.Module) -> list[str]:
 
 def _load_run(run_dir: Path, device: torch.device, overrides: Sequence[str], fold_adapters: bool
               ) -> tuple[FoldModel, DictConfig]:
-    metrics_path, config_path = run_dir / METRICS_FILE, run_dir / CONFIG_FILE
-    if not metrics_path.is_file() or not config_path.is_file():
+    folder = RunFolder(run_dir)
+    metrics, config = folder.metrics(), folder.config()
+    if metrics is None or config is None:
         raise ModelLoadError(f"{run_dir}: not a finished run (needs config.yaml and metrics.json)")
-    metrics = json.loads(metrics_path.read_text())
-    config = OmegaConf.load(config_path)
     if overrides:
         config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
-    checkpoint = metrics.get("checkpoint")
+    checkpoint = metrics.checkpoint
     if checkpoint:
         path = run_dir / checkpoint if not Path(checkpoint).is_absolute() else Path(checkpoint)
         if not path.is_file():
@@ -177,8 +175,9 @@ def _load_run(run_dir: Path, device: torch.device, overrides: Sequence[str], fol
         if frozen_fingerprint(net) != state["frozen_fingerprint"]:
             raise ModelLoadError(f"{run_dir}: the base weights differ from the ones the run was trained with")
     notes = fold_for_inference(net) if fold_adapters else []
-    threshold = float(metrics.get("threshold", config.get("threshold", 0.5)))
-    return FoldModel(int(metrics.get("fold", config.data.fold)), net, loss, threshold, notes), config
+    threshold = float(metrics.threshold if metrics.threshold is not None else config.get("threshold", 0.5))
+    fold = int(metrics.fold if metrics.fold is not None else config.data.fold)
+    return FoldModel(fold, net, loss, threshold, notes), config
 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu", overrides: Sequence[str] = (),

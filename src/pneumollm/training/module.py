@@ -21,9 +21,9 @@ from pneumollm.models.components.frozen import frozen_tensor_fingerprints
 from pneumollm.training.losses import ClassificationLoss, positive_log_odds
 from pneumollm.training.optim import weight_decay_groups
 from pneumollm.training.prediction_metrics import prediction_metrics, stage_confusion
+from pneumollm.training.run_folder import RUN_IDENTITY_KEY
 
 METRIC_NAMES = ("sensitivity", "specificity", "accuracy", "auc")
-RUN_IDENTITY_KEY = "pneumollm_run"  # checkpoint entry naming the run (config hash) that wrote it
 
 
 def paper_metrics(threshold: float = 0.5) -> MetricCollection:
