@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pneumollm.analysis.collect import check_complete, collect_runs
+from pneumollm.data.preprocess import PreprocessSettings
 from pneumollm.data.targets import LabelTask
 from pneumollm.training.fold_metrics import FoldMetrics
 from pneumollm.training.run_folder import (
@@ -91,7 +92,7 @@ def test_the_status_says_which_run_it_is_and_whether_it_counts(tmp_path: Path) -
 def test_a_claim_sets_another_configs_outputs_aside_and_records_the_owner(tmp_path: Path, capsys) -> None:
     run = _folder(tmp_path, "run", {"config_hash": "old"}, {"config_hash": "old", "fold": 0})
     folder = RunFolder(run)
-    folder.claim("arm fold 0", "new", {"films": "F"}, OmegaConf.create({"seed": 1}))
+    folder.claim("arm fold 0", "new", {"films": "F"}, OmegaConf.create({"seed": 1}), PreprocessSettings())
     assert folder.job()["config_hash"] == "new" and folder.config().seed == 1 and folder.metrics() is None
     (aside,) = (run / ".superseded").iterdir()
     assert aside.name.startswith("old-") and (aside / "metrics.json").is_file()
@@ -153,17 +154,110 @@ def test_a_failure_newer_than_the_results_is_read_from_the_folder(tmp_path: Path
                         f"disk full ({run}))"]
 
 
-def test_the_training_step_returns_the_results_and_leaves_writing_them_to_the_folder(tmp_path: Path) -> None:
-    from pneumollm.training.records import config_hash
-    from pneumollm.training.run import prepared_data, train_fold
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory):
+    """A toy cohort's fold 0, prepared as a run prepares it, with every read of folds.csv counted."""
+    from pneumollm.data import datamodule as datamodule_module
+    from pneumollm.training.run import prepared_data
 
-    manifest = make_toy_manifest(tmp_path / "toy", n_patients=12, films_per_patient=1, size=40)
-    cfg = compose_train([*TOY, f"data.source.manifest={manifest}", f"paths.root_dir={tmp_path}",
-                         "trainer.max_epochs=1"], run_dir=tmp_path / "run")
-    datamodule = prepared_data(cfg)
+    root = tmp_path_factory.mktemp("prepared")
+    manifest = make_toy_manifest(root / "toy", n_patients=12, films_per_patient=1, size=40)
+    cfg = compose_train([*TOY, f"data.source.manifest={manifest}", f"paths.root_dir={root}", "trainer.max_epochs=1",
+                         "lungs.margin=0.07"], run_dir=root / "run")
+    reads: list[int] = []
+    original = datamodule_module.load_or_make_folds
+
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return original(*args, **kwargs)
+
+    datamodule_module.load_or_make_folds = counted
+    try:
+        datamodule = prepared_data(cfg)
+        datamodule.cohort_identity()
+        datamodule.setup("fit")
+    finally:
+        datamodule_module.load_or_make_folds = original
+    return cfg, datamodule, len(reads)
+
+
+def test_folds_are_assigned_once_per_run(prepared) -> None:
+    _, datamodule, reads = prepared
+    assert reads == 1 and datamodule.assignment is not None
+    test_patients = {f.patient_id for f in datamodule.datasets["test"].films}
+    assert test_patients == {p for p, fold in datamodule.assignment.items() if fold == 0}
+
+
+def test_the_preprocessing_settings_are_made_in_one_place(prepared, tmp_path: Path) -> None:
+    from pneumollm.data.preprocess_plan import preprocess_settings_from_config, read_plan, write_plan
+
+    cfg, datamodule, _ = prepared
+    settings = preprocess_settings_from_config(cfg.data)
+    assert settings == datamodule.settings and settings.margin == 0.07 and "margin" not in settings.lungs
+    write_plan(tmp_path / "preprocessing.json", settings)
+    assert read_plan(tmp_path / "preprocessing.json") == settings
+    assert read_plan(tmp_path / "preprocessing.json").fingerprint() == settings.fingerprint()
+    record = json.loads((tmp_path / "preprocessing.json").read_text())
+    assert record["tag"] == datamodule.cohort_folder.name  # the prepared cohort the run's films came from
+    assert read_plan(tmp_path / "absent.json") is None
+
+
+@pytest.mark.parametrize("content", ["{broken", json.dumps({"format": 99}), json.dumps({"format": 1, "margin": 0})])
+def test_an_unreadable_preprocessing_plan_says_how_to_go_on(tmp_path: Path, content: str) -> None:
+    from pneumollm.data.preprocess_plan import PreprocessPlanError, read_plan
+
+    (tmp_path / "preprocessing.json").write_text(content)
+    with pytest.raises(PreprocessPlanError, match=r"preprocessing\.json.*(delete it|delete the file)"):
+        read_plan(tmp_path / "preprocessing.json")
+
+
+def test_the_training_step_returns_the_results_and_leaves_writing_them_to_the_folder(prepared) -> None:
+    from pneumollm.training.records import config_hash
+    from pneumollm.training.run import train_fold
+
+    cfg, datamodule, _ = prepared
     chash = config_hash(cfg, datamodule.cohort_identity())
-    result = train_fold(cfg, datamodule, RunFolder(tmp_path / "run"), chash)
+    folder = RunFolder(cfg.paths.run_dir)
+    result = train_fold(cfg, datamodule, folder, chash)
     assert result is not None and result.metrics.config_hash == chash and result.metrics.fold == 0
     assert len(result.predictions) == result.metrics.splits["test"]["films"]
     assert set(result.metrics.test) >= {"sensitivity", "specificity", "accuracy", "auc", "avg"}
-    assert not (tmp_path / "run" / "metrics.json").exists()  # the wrapper (run_fold) writes the results
+    assert not (folder.path / "metrics.json").exists()  # the wrapper (run_fold) writes the results
+    checkpoint = torch.load(folder.path / result.metrics.checkpoint, weights_only=True)
+    assert "frozen_fingerprints" in checkpoint and "frozen_fingerprint" not in checkpoint  # one kind of fingerprint
+
+
+class _Half(torch.nn.Module):
+    """A net with a frozen and a trainable layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = torch.nn.Linear(3, 3).requires_grad_(False)
+        self.head = torch.nn.Linear(3, 2)
+
+
+def test_resuming_and_inference_check_the_same_per_tensor_fingerprints(tmp_path: Path) -> None:
+    from pneumollm.inference.models import ModelLoadError, check_frozen
+    from pneumollm.models.components.frozen import frozen_tensor_fingerprints
+    from pneumollm.training.module import ClassificationModule, frozen_fingerprint
+
+    torch.manual_seed(0)
+    net = _Half()
+    module = ClassificationModule(net=net, loss=None, optimizer=None)
+    saved: dict = {"state_dict": {}}
+    module.on_save_checkpoint(saved)
+    assert saved["frozen_fingerprints"] == frozen_tensor_fingerprints(net) and "frozen_fingerprint" not in saved
+    module.on_load_checkpoint(saved)  # the same base weights
+    check_frozen(net, saved, tmp_path)
+    legacy = {"frozen_fingerprint": frozen_fingerprint(net)}  # checkpoints written before per-tensor fingerprints
+    module.on_load_checkpoint(legacy)
+    check_frozen(net, legacy, tmp_path)
+    other = _Half()  # other base weights
+    with pytest.raises(RuntimeError, match=r"different frozen weights.*values of frozen\.weight"):
+        ClassificationModule(net=other, loss=None, optimizer=None).on_load_checkpoint(saved)
+    with pytest.raises(ModelLoadError, match=r"base weights differ.*values of frozen\.weight"):
+        check_frozen(other, saved, tmp_path)
+    with pytest.raises(RuntimeError, match="different frozen weights"):
+        ClassificationModule(net=other, loss=None, optimizer=None).on_load_checkpoint(legacy)
+    with pytest.raises(ModelLoadError, match="base weights differ"):
+        check_frozen(other, legacy, tmp_path)

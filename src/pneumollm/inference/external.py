@@ -88,7 +88,7 @@ def score_arms(runs_dir: Path, records: list[FilmRecord], n_boot: int = 2000, ov
         key = model.settings.fingerprint()
         if key not in prepared:  # arms trained with the same preprocessing share the prepared films
             films = [InputFilm(r.path, r.image_id) for r in records]
-            prepare_inputs(films, model.settings, model.lungs, progress=progress)
+            prepare_inputs(films, model.settings, progress=progress)
             prepared[key] = films
         models[name] = model
     usable = [i for i in range(len(records)) if all(films[i].status == "ok" for films in prepared.values())]

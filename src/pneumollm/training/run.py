@@ -97,7 +97,8 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
                 datamodule.setup("fit")
                 folder.write_profile(datamodule)
             return status.metrics.to_dict() if status.metrics else {}
-        folder.claim(job, chash, datamodule.cohort_identity(), cfg, force=bool(cfg.get("force", False)))
+        folder.claim(job, chash, datamodule.cohort_identity(), cfg, datamodule.settings,
+                     force=bool(cfg.get("force", False)))
         result = train_fold(cfg, datamodule, folder, chash)
         folder.finish(result)
         say(f"[bold]{cfg.experiment.arm}[/bold] fold {cfg.data.fold}: " + ", ".join(

@@ -5,8 +5,9 @@ same config is skipped, an interrupted one resumes from ``last.ckpt`` only when 
 same config, and the outputs of another config are set aside (``.superseded/``, nothing is deleted) before the
 new run starts. A lock per folder keeps two processes (two sweeps into one folder) from running one job.
 
-The files, each written atomically: ``job.json`` (config hash, cohort, start time, pid) and ``config.yaml`` when
-a run starts, ``training_films.json`` (the training films' profile), ``checkpoints/``, and once it finished
+The files, each written atomically: ``job.json`` (config hash, cohort, start time, pid), ``config.yaml`` and
+``preprocessing.json`` (the preprocessing plan) when a run starts, ``training_films.json`` (the training films'
+profile), ``checkpoints/``, and once it finished
 ``metrics.json`` (``FoldMetrics``), ``predictions.csv`` and ``features.npz``; a failed run leaves
 ``failed.json``. ``RunFolder.status`` reads them together, so a result is only ever taken as current when it
 was written by the config that owns the folder now. docs/run_folder.md walks through a run.
@@ -29,6 +30,8 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.data.film_profile import PROFILE_FILE, profile_prepared
+from pneumollm.data.preprocess import PreprocessSettings
+from pneumollm.data.preprocess_plan import PREPROCESSING_FILE, read_plan, write_plan
 from pneumollm.data.targets import LabelTask
 from pneumollm.errors import UserError, describe, find_user_error
 from pneumollm.training.fold_metrics import FoldMetrics
@@ -52,7 +55,7 @@ SUPERSEDED_DIR = ".superseded"  # outputs of an earlier config of the same job, 
 RUN_IDENTITY_KEY = "pneumollm_run"  # checkpoint entry naming the run (config hash) that wrote it
 # Files a run produces that belong to one config; set aside together when another config takes the folder.
 RESULT_FILES = (METRICS_FILE, PREDICTIONS_FILE, FEATURES_FILE, FAILED_FILE, CONFIG_FILE, JOB_FILE, CHECKPOINT_DIR,
-                PROFILE_FILE)
+                PROFILE_FILE, PREPROCESSING_FILE)
 _MARKERS = (METRICS_FILE, FAILED_FILE, JOB_FILE)  # a folder holding one of them is a run folder
 
 COMPLETE, STALE, FAILED, INCOMPLETE, EMPTY = "complete", "stale", "failed", "incomplete", "empty"
@@ -166,6 +169,10 @@ class RunFolder:
         path = self.path / CONFIG_FILE
         return OmegaConf.load(path) if path.is_file() else None  # type: ignore[return-value]
 
+    def preprocessing(self) -> PreprocessSettings | None:
+        """The preprocessing the run recorded (``preprocessing.json``); None in folders written before it."""
+        return read_plan(self.path / PREPROCESSING_FILE)
+
     def status(self) -> RunStatus:
         """Classify the folder; results count only when ``metrics.json`` carries the folder's config hash
         (``job.json``) and no newer failure follows it."""
@@ -214,9 +221,9 @@ class RunFolder:
             self._lock = None
 
     def claim(self, job: str, config_hash: str, cohort: Mapping[str, Any], cfg: DictConfig,
-              force: bool = False) -> None:
+              settings: PreprocessSettings, force: bool = False) -> None:
         """Make the folder this config's: set aside another config's outputs (or, with ``force``, its own), then
-        write ``job.json`` and ``config.yaml``."""
+        write ``job.json``, ``config.yaml`` and the preprocessing plan (``preprocessing.json``)."""
         owner = (self.job() or {}).get("config_hash")
         if owner != config_hash:
             failed = self.status().state == FAILED
@@ -230,6 +237,7 @@ class RunFolder:
         atomic_write_json(self.path / JOB_FILE, {"config_hash": config_hash, "cohort": dict(cohort), "pid": os.getpid(),
                                                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         atomic_write_text(self.path / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+        write_plan(self.path / PREPROCESSING_FILE, settings)
 
     def set_aside(self, label: str, names: Iterable[str] = RESULT_FILES) -> Path | None:
         """Move ``names`` out of the folder into ``.superseded/<label>-<time>-<pid>/`` (nothing is deleted).
