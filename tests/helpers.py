@@ -103,7 +103,7 @@ def crash_at_epoch(epoch: int):
     """
     from pneumollm.training import run
 
-    original = run._instantiate_dict
+    original = run.instantiate_callbacks
 
     def with_crash(node):
         callbacks = original(node)
@@ -111,11 +111,11 @@ def crash_at_epoch(epoch: int):
             callbacks["crash"] = CrashAtEpoch(epoch)
         return callbacks
 
-    run._instantiate_dict = with_crash
+    run.instantiate_callbacks = with_crash
     try:
         yield
     finally:
-        run._instantiate_dict = original
+        run.instantiate_callbacks = original
 
 
 class SlowEpochs:

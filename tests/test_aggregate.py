@@ -11,6 +11,8 @@ import pytest
 from pneumollm.analysis.collect import AggregationError, check_complete, collect_runs, find_studies
 from pneumollm.analysis.summary import pooled_auc, summarise_arm
 from pneumollm.cli.aggregate import main as aggregate_main
+from pneumollm.training.fold_metrics import FoldMetrics
+from pneumollm.training.run_folder import RunFolder
 
 AVG = {0: 70.0, 1: 80.0, 2: 90.0}
 
@@ -20,12 +22,12 @@ def _fake_run(root: Path, arm: str, fold: int, preds: list[tuple[str, str, int, 
     """A finished run folder as the fold runner leaves it (job.json and metrics.json of one config hash)."""
     run = root / arm / f"fold{fold}"
     run.mkdir(parents=True)
-    metrics = {f"test/{m}": AVG[fold] for m in ("sensitivity", "specificity", "accuracy", "auc", "avg")}
+    figures = {m: AVG[fold] for m in ("sensitivity", "specificity", "accuracy", "auc", "avg")}
     chash = f"hash-{arm}-{fold}"
     cohort = cohort or {"films": "F1", "folds": "K1"}
     (run / "job.json").write_text(json.dumps({"config_hash": chash}))
-    (run / "metrics.json").write_text(json.dumps({**metrics, "fold": fold, "arm": arm, "trainable_params": 10,
-                                                  "config_hash": chash, "cohort": cohort}))
+    RunFolder(run).write_metrics(FoldMetrics(fold=fold, arm=arm, test=figures, trainable_params=10, config_hash=chash,
+                                             cohort=cohort))
     with (run / "predictions.csv").open("w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(["image_id", "patient_id", "fold", "label", "prob"])

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from pneumollm.paths import conf_dir
-from pneumollm.training.run import trainer_config
+from pneumollm.training.trainer import trainer_config
 from tests.helpers import compose_train
 
 CONF = conf_dir()
@@ -37,13 +36,13 @@ def test_data_choices_instantiate_a_datamodule(tmp_path: Path, choice: str) -> N
 
 @pytest.mark.parametrize("choice", ["none", "threshold", "chexmask"])
 def test_lung_choices_build_a_segmenter(tmp_path: Path, choice: str) -> None:
-    from pneumollm.data.datamodule import build_segmenter
+    from pneumollm.data.preprocess_plan import build_segmenter, preprocess_settings_from_config
 
     extra = ["lungs.csv=" + str(tmp_path / "masks.csv")] if choice == "chexmask" else []
     if choice == "chexmask":
         (tmp_path / "masks.csv").write_text("Image Index,Left Lung,Right Lung,Height,Width\n")
     cfg = _compose(tmp_path, f"lungs={choice}", *extra)
-    segmenter = build_segmenter(OmegaConf.to_container(cfg.lungs, resolve=True))
+    segmenter = build_segmenter(preprocess_settings_from_config(cfg.data))
     assert callable(segmenter)
     assert 0.0 <= cfg.lungs.margin < 0.5
 
@@ -200,7 +199,7 @@ def test_paper_sweeps_keep_each_cohort_apart(tmp_path: Path) -> None:
 
 
 def test_cpu_threads_apply_to_cpu_training_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pneumollm.training.run import apply_cpu_threads
+    from pneumollm.training.trainer import apply_cpu_threads
 
     before = torch.get_num_threads()
     try:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pneumollm.paths import REPO_ROOT
-from tests.helpers import make_toy_manifest
+from tests.helpers import make_toy_manifest, subprocess_env
 from tests.test_training import TOY
 
 
@@ -28,8 +26,7 @@ def test_ddp_on_two_cpu_processes_tests_every_film_once_and_writes_once(manifest
     command = [sys.executable, "-m", "pneumollm.cli.train", *overrides, "trainer=ddp_cpu",
                f"data.source.manifest={manifest}", f"paths.root_dir={tmp_path}", "trainer.max_epochs=2",
                "data.eval_batch_size=3", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     with (run_dir / "predictions.csv").open() as handle:

@@ -155,3 +155,74 @@ def test_the_ensemble_is_explained_through_its_mean_probability(trained: Path) -
     names = ("a/b.dcm", "a_b.png", "../x y.JPG", "", "/data/site 1/P0001/1.dcm")
     assert [explanation_name(n, taken) for n in names] == ["a_b.png", "a_b_2.png", "x_y.png", "film.png",
                                                             "P0001_1.png"]
+
+
+def _as_written_before_plans(run_dir: Path, legacy_only: bool) -> None:
+    """Make a run folder what the suite wrote before preprocessing plans: no preprocessing.json, and checkpoints
+    holding one fingerprint of all frozen weights (``frozen_fingerprint``) beside the per-tensor ones, or (older
+    still) instead of them."""
+    import torch
+
+    from pneumollm.inference.models import load_trained
+    from pneumollm.training.module import frozen_fingerprint
+
+    net = load_trained(run_dir, fold_adapters=False).folds[0].net
+    (run_dir / "preprocessing.json").unlink()
+    for checkpoint in (run_dir / "checkpoints").glob("*.ckpt"):
+        state = torch.load(checkpoint, weights_only=True)
+        state["frozen_fingerprint"] = frozen_fingerprint(net)
+        if legacy_only:
+            del state["frozen_fingerprints"]
+        torch.save(state, checkpoint)
+
+
+def test_run_folders_written_before_preprocessing_plans_work_as_before(trained: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from pneumollm.cli.aggregate import main as aggregate_main
+    from pneumollm.inference.external import external_validation
+
+    arm = tmp_path / "study" / "pneumollm"
+    shutil.copytree(trained / "study", tmp_path / "study")
+    for fold in range(3):
+        _as_written_before_plans(arm / f"fold{fold}", legacy_only=fold == 1)
+    films = sorted(str(p) for p in (trained / "cohort/films").glob("*.png"))[:4]
+    new, old = tmp_path / "new.csv", tmp_path / "old.csv"
+    assert predict_main([str(trained / "study/pneumollm"), *films, "--out", str(new), "--no-progress"]) == 0
+    assert predict_main([str(arm), *films, "--out", str(old), "--no-progress"]) == 0
+    assert [r["prob"] for r in _rows(old)] == [r["prob"] for r in _rows(new)]
+    assert export_main([str(trained / "study/pneumollm"), "--out", str(tmp_path / "new_export")]) == 0
+    assert export_main([str(arm), "--out", str(tmp_path / "old_export")]) == 0
+    records = [json.loads((tmp_path / name / "export.json").read_text()) for name in ("new_export", "old_export")]
+    assert records[0]["preprocessing"] == records[1]["preprocessing"]
+    assert aggregate_main([str(tmp_path / "study"), "--num-folds", "3"]) == 0
+    (external,) = external_validation(tmp_path / "study", trained / "cohort/manifest.csv", tmp_path / "external",
+                                      n_boot=20, num_folds=3, progress=False)
+    assert (external / "table.csv").is_file()
+    stamp = (arm / "fold0/metrics.json").stat().st_mtime_ns
+    capsys.readouterr()
+    run_fold(compose_train([*BASE, f"data.source.manifest={trained / 'cohort/manifest.csv'}",
+                            f"paths.root_dir={trained}", "data.fold=0"], run_dir=arm / "fold0"))
+    assert "skip" in capsys.readouterr().err and (arm / "fold0/metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_inference_prepares_films_with_the_recorded_plan(trained: Path, tmp_path: Path) -> None:
+    import json
+
+    from omegaconf import OmegaConf
+
+    from pneumollm.data.preprocess_plan import preprocess_settings_from_config, read_plan
+    from pneumollm.inference.models import load_trained
+
+    run = trained / "study/pneumollm/fold0"
+    recorded = read_plan(run / "preprocessing.json")
+    assert recorded == preprocess_settings_from_config(OmegaConf.load(run / "config.yaml").data)
+    assert load_trained(run).settings == recorded
+    edited = tmp_path / "fold0"
+    shutil.copytree(run, edited)
+    plan = json.loads((edited / "preprocessing.json").read_text())
+    (edited / "preprocessing.json").write_text(json.dumps({**plan, "image_size": 48}))
+    assert load_trained(edited).settings.image_size == 48  # read from the plan, not rebuilt from config.yaml
+    overridden = load_trained(edited, overrides=["data.image_size=40"]).settings  # --set data.*: the config's
+    assert overridden.image_size == 40 and overridden.lungs == recorded.lungs

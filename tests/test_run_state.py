@@ -20,8 +20,8 @@ import torch
 from filelock import FileLock
 
 from pneumollm.analysis.collect import check_complete, collect_runs
-from pneumollm.training.records import read_job, run_status
 from pneumollm.training.run import JobLockedError, run_fold
+from pneumollm.training.run_folder import RunFolder
 from tests.helpers import compose_train, crash_at_epoch, make_toy_manifest, subprocess_env
 from tests.test_training import TOY
 
@@ -124,10 +124,10 @@ def test_metrics_of_another_config_than_the_folders_owner_are_stale(tmp_path: Pa
     run.mkdir()
     (run / "job.json").write_text(json.dumps({"config_hash": "B"}))
     (run / "metrics.json").write_text(json.dumps({"config_hash": "A", "fold": 0, "arm": "x"}))
-    status = run_status(run)
+    status = RunFolder(run).status()
     assert status.state == "stale" and "config A" in status.reason and "config B" in status.reason
     (run / "job.json").unlink()
-    assert run_status(run).state == "stale"  # no owner recorded: cannot be trusted
+    assert RunFolder(run).status().state == "stale"  # no owner recorded: cannot be trusted
 
 
 def test_a_failure_newer_than_the_results_marks_the_run_failed(tmp_path: Path) -> None:
@@ -135,11 +135,11 @@ def test_a_failure_newer_than_the_results_marks_the_run_failed(tmp_path: Path) -
     run.mkdir()
     (run / "job.json").write_text(json.dumps({"config_hash": "A"}))
     (run / "metrics.json").write_text(json.dumps({"config_hash": "A", "fold": 0, "arm": "x"}))
-    assert run_status(run).complete
+    assert RunFolder(run).status().complete
     time.sleep(0.02)
     (run / "failed.json").write_text(json.dumps({"config_hash": "A", "error": "boom"}))
     os.utime(run / "failed.json", (time.time() + 1, time.time() + 1))
-    assert run_status(run).state == "failed"
+    assert RunFolder(run).status().state == "failed"
 
 
 def test_a_job_locked_by_another_process_is_left_alone(manifest: Path, tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_a_job_locked_by_another_process_is_left_alone(manifest: Path, tmp_path:
     (tmp_path / "run").mkdir(parents=True)
     with FileLock(str(tmp_path / "run/.lock")), pytest.raises(JobLockedError, match="another process"):
         run_fold(cfg)
-    assert not (tmp_path / "run/metrics.json").exists() and read_job(tmp_path / "run") is None
+    assert not (tmp_path / "run/metrics.json").exists() and RunFolder(tmp_path / "run").job() is None
 
 
 def _overrides(manifest: Path, root: Path) -> list[str]:
@@ -200,7 +200,7 @@ def test_a_failed_attempt_is_set_aside_as_such(manifest: Path, tmp_path: Path, c
     broken_films.symlink_to(manifest.parent / "films")
     with pytest.raises(Exception, match="unknown label value 'unsure'"):
         run_fold(_cfg(broken, tmp_path, "trainer.max_epochs=1"))  # fails before the folder has an owner
-    assert (tmp_path / "run/failed.json").is_file() and read_job(tmp_path / "run") is None
+    assert (tmp_path / "run/failed.json").is_file() and RunFolder(tmp_path / "run").job() is None
     capfd.readouterr()
     run_fold(_cfg(manifest, tmp_path, "trainer.max_epochs=1"))
     err = capfd.readouterr().err

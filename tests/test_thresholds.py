@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pneumollm.errors import ConfigError
-from pneumollm.training import run as run_module
+from pneumollm.training import thresholds as thresholds_module
 from pneumollm.training.run import run_fold
 from pneumollm.training.thresholds import threshold_mode, youden_threshold
 from tests.helpers import compose_train, make_toy_manifest
@@ -48,13 +48,13 @@ def _cfg(manifest: Path, root: Path, *extra: str):
 def test_the_validation_threshold_comes_from_validation_films_and_drives_the_test(manifest: Path, tmp_path: Path,
                                                                                   monkeypatch) -> None:
     seen: list[int] = []
-    original = run_module.youden_threshold
+    original = thresholds_module.youden_threshold
 
     def spy(labels, probs):
         seen.append(len(labels))
         return original(labels, probs)
 
-    monkeypatch.setattr(run_module, "youden_threshold", spy)
+    monkeypatch.setattr(thresholds_module, "youden_threshold", spy)
     metrics = run_fold(_cfg(manifest, tmp_path, "threshold=validation"))
     assert seen == [metrics["splits"]["val"]["films"]] != [metrics["splits"]["test"]["films"]]
     assert metrics["threshold_mode"] == "validation" and metrics["threshold"] == metrics["threshold_validation"]

@@ -38,7 +38,7 @@ from pneumollm.data import synthetic
 from pneumollm.data.films import decode_film
 from pneumollm.data.preprocess import resize_film
 from pneumollm.inference.explain import attribution_maps, forward_passes, write_explanation
-from pneumollm.training.module import frozen_fingerprint
+from pneumollm.training.module import frozen_mismatch
 from pneumollm.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -64,8 +64,9 @@ def build_nets(run_dir: Path) -> tuple[torch.nn.Module, torch.nn.Module, object,
     if missing or result.unexpected_keys:
         sys.exit(f"checkpoint does not fit the config's model: missing {missing[:3]}, unexpected "
                  f"{result.unexpected_keys[:3]}")
-    if checkpoint.get("frozen_fingerprint") not in (None, frozen_fingerprint(trained)):
-        sys.exit("the rebuilt frozen weights differ from those the run trained with")
+    why = frozen_mismatch(trained, checkpoint)
+    if why is not None:
+        sys.exit(f"the rebuilt frozen weights differ from those the run trained with: {why}")
     return trained, initial, instantiate(cfg.loss), OmegaConf.to_container(cfg, resolve=True)
 
 

@@ -62,7 +62,7 @@ class EpochTimer(L.Callback):
 
 def timed_run(overrides: list[str], root: Path) -> tuple[EpochTimer, dict]:
     timer = EpochTimer()
-    original = run._instantiate_dict
+    original = run.instantiate_callbacks
 
     def with_timer(node):
         callbacks = original(node)
@@ -70,14 +70,14 @@ def timed_run(overrides: list[str], root: Path) -> tuple[EpochTimer, dict]:
             callbacks["timer"] = timer
         return callbacks
 
-    run._instantiate_dict = with_timer
+    run.instantiate_callbacks = with_timer
     try:
         cfg = compose_train([f"paths.root_dir={root}", "logger=none", "callbacks.progress=null",
                              "data.progress=false", "trainer=cpu", "callbacks.early_stopping=null", *overrides],
                             run_dir=root / "run")
         metrics = run.run_fold(cfg)
     finally:
-        run._instantiate_dict = original
+        run.instantiate_callbacks = original
     return timer, metrics
 
 

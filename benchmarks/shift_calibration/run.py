@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pneumollm.data.datamodule import build_segmenter
 from pneumollm.data.film_array import load_film_array
 from pneumollm.data.film_profile import build_profile, intensity_distance, intensity_histograms, profile_prepared
 from pneumollm.data.film_source import FilmSource, cached_sources, film_source
 from pneumollm.data.folds import load_or_make_folds
-from pneumollm.data.preprocess import PreprocessSettings, prepare_cohort, read_cohort_index
+from pneumollm.data.preprocess import prepare_cohort, read_cohort_index
+from pneumollm.data.preprocess_plan import build_segmenter, preprocess_settings_from_config
 from pneumollm.data.sources import list_cohort
 from pneumollm.inference.shift import intensity_threshold, shift_reasons
 
@@ -63,11 +63,10 @@ def summary(profile: dict) -> dict[str, float]:
 
 def demo(work: Path) -> dict:
     lungs = yaml.safe_load((REPO / "conf/lungs/threshold.yaml").read_text())
-    margin = lungs.pop("margin")
-    settings = PreprocessSettings(image_size=224, lungs=lungs, margin=margin)
+    settings = preprocess_settings_from_config({"image_size": 224, "lungs": lungs})
     listing = list_cohort({"kind": "demo", "dir": str(work / "raw"), "n_patients": 80, "seed": 0, "image_size": 512,
                            "signal_strength": 4.0}, progress=False)
-    cohort = prepare_cohort(listing, work / "prepared", settings, partial(build_segmenter, lungs), progress=False)
+    cohort = prepare_cohort(listing, work / "prepared", settings, partial(build_segmenter, settings), progress=False)
     films = read_cohort_index(cohort.folder)
     images = np.asarray(load_film_array(cohort.folder, films, 224))
     sources = cached_sources([(f.content_hash, f.source_path) for f in films], work / "prepared")

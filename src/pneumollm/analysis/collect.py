@@ -11,24 +11,11 @@ from typing import Any
 
 from pneumollm.data.targets import BINARY, BINARY_CLASSES, MULTICLASS, MULTILABEL, LabelTask
 from pneumollm.errors import UserError
-from pneumollm.training.records import (
-    COMPLETE,
-    CONFIG_FILE,
-    FAILED_FILE,
-    JOB_FILE,
-    METRICS_FILE,
-    PREDICTION_COLUMNS,
-    PREDICTIONS_FILE,
-    RunStatus,
-    read_failure,
-    read_job,
-    read_metrics,
-    run_status,
-    task_column_names,
-)
+from pneumollm.training.fold_metrics import FoldMetrics
+from pneumollm.training.records import PREDICTION_COLUMNS, task_column_names
+from pneumollm.training.run_folder import CONFIG_FILE, PREDICTIONS_FILE, RunFolder, run_dirs_under
 
 RUNS_SUBDIR = "runs"  # paper sweeps keep their runs in <study>/runs/<arm>/fold<k>
-_MARKERS = (METRICS_FILE, FAILED_FILE, JOB_FILE)
 
 
 class AggregationError(UserError, ValueError):
@@ -56,7 +43,7 @@ class ArmRuns:
     label: str
     task: str = BINARY
     classes: tuple[str, ...] = ()  # the task's output names (stages or findings), as the runs recorded them
-    folds: dict[int, dict[str, Any]] = field(default_factory=dict)  # fold -> metrics.json
+    folds: dict[int, FoldMetrics] = field(default_factory=dict)  # fold -> its metrics.json
     predictions: list[Prediction] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # fold -> why the fold has no current result
     run_dirs: dict[int, Path] = field(default_factory=dict)
@@ -86,23 +73,15 @@ def _task_values(task: LabelTask, row: dict[str, str]) -> tuple[tuple[int, ...],
             tuple(float(row[f"prob_{n}"]) for n in task.label_columns))
 
 
-def run_task(info: dict[str, Any]) -> LabelTask:
+def run_task(info: FoldMetrics) -> LabelTask:
     """The task a run's ``metrics.json`` records (binary for runs made before tasks existed)."""
-    task = str(info.get("task") or BINARY)
-    classes = [str(c) for c in info.get("classes") or []]
+    task = str(info.task or BINARY)
+    classes = [str(c) for c in info.classes or []]
     if task == MULTICLASS:
         return LabelTask(task=task, classes=tuple(classes))
     if task == MULTILABEL:
         return LabelTask(task=task, label_columns=tuple(classes))
     return LabelTask()
-
-
-def run_dirs_under(root: str | Path) -> list[Path]:
-    """Every run directory under ``root`` (a folder with metrics.json, failed.json or job.json), leaving out
-    folders set aside (names starting with a dot, e.g. ``.superseded``)."""
-    root = Path(root)
-    found = {marker.parent for name in _MARKERS for marker in root.rglob(name)}
-    return sorted(d for d in found if not any(part.startswith(".") for part in d.relative_to(root).parts))
 
 
 def study_dir(run_dir: Path) -> Path:
@@ -121,10 +100,6 @@ def find_studies(root: str | Path) -> list[Path]:
     return inside or ([root] if root.name == RUNS_SUBDIR else [])
 
 
-def _info(run_dir: Path, status: RunStatus) -> dict[str, Any]:
-    return status.metrics or status.failure or read_metrics(run_dir) or read_failure(run_dir) or read_job(run_dir) or {}
-
-
 def collect_runs(experiment_dir: str | Path) -> dict[str, ArmRuns]:
     """Read every fold run under ``experiment_dir`` (one study) with its status.
 
@@ -136,14 +111,12 @@ def collect_runs(experiment_dir: str | Path) -> dict[str, ArmRuns]:
         raise AggregationError(f"{root}: experiment folder not found")
     arms: dict[str, ArmRuns] = {}
     for run_dir in run_dirs_under(root):
-        status = run_status(run_dir)
-        info = _info(run_dir, status)
-        if info.get("debug"):
+        status = RunFolder(run_dir).status()
+        if status.debug:  # not even a missing fold
             continue
-        arm_name = str(info.get("arm") or run_dir.parent.name)
-        fold = int(info["fold"]) if "fold" in info else _fold_from_name(run_dir)
-        arm = arms.setdefault(arm_name, ArmRuns(arm=arm_name, label=str(info.get("label") or arm_name)))
-        if status.state != COMPLETE:
+        arm_name, fold, info = status.arm, status.fold, status.metrics
+        arm = arms.setdefault(arm_name, ArmRuns(arm=arm_name, label=str(status.label or arm_name)))
+        if not status.counts or info is None:
             arm.failed.setdefault(fold, f"{status.state}: {status.reason} ({run_dir})")
             continue
         if fold in arm.folds:
@@ -157,7 +130,7 @@ def collect_runs(experiment_dir: str | Path) -> dict[str, ArmRuns]:
         arm.failed.pop(fold, None)
         arm.folds[fold] = info
         arm.run_dirs[fold] = run_dir
-        arm.label = str(info.get("label") or arm.label)
+        arm.label = str(info.label or arm.label)
         arm.class_names, arm.size = recorded_words(run_dir, info)
         predictions = run_dir / PREDICTIONS_FILE
         if not predictions.is_file():
@@ -169,10 +142,10 @@ def collect_runs(experiment_dir: str | Path) -> dict[str, ArmRuns]:
     return arms
 
 
-def recorded_words(run_dir: Path, info: dict[str, Any]) -> tuple[tuple[str, str], str | None]:
+def recorded_words(run_dir: Path, info: FoldMetrics) -> tuple[tuple[str, str], str | None]:
     """(class names, size) a run recorded in metrics.json, else in its config.yaml (runs made before
     ``data.class_names``), else the defaults."""
-    names, size = info.get("class_names"), info.get("size")
+    names, size = info.class_names, info.size
     if names is None or size is None:
         config = _config_values(run_dir)
         names = names or (config.get("data") or {}).get("class_names")
@@ -192,19 +165,14 @@ def _config_values(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _fold_from_name(run_dir: Path) -> int:
-    name = run_dir.name
-    return int(name[4:]) if name.startswith("fold") and name[4:].isdigit() else -1
-
-
 def check_one_cohort(arms: dict[str, ArmRuns]) -> None:
     """Refuse a study whose runs were made on different cohorts or different folds, naming the runs."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for arm in arms.values():
         for fold, info in sorted(arm.folds.items()):
-            cohort = info.get("cohort") or {}
+            cohort = info.cohort or {}
             key = (str(cohort.get("films", "unrecorded")), str(cohort.get("folds", "unrecorded")))
-            groups[key].append(f"{arm.arm}/fold{fold} ({info.get('cohort_name', '?')})")
+            groups[key].append(f"{arm.arm}/fold{fold} ({info.cohort_name or '?'})")
     if len(groups) > 1:
         listing = "\n".join(f"  - films {films}, folds {folds}: " + ", ".join(runs)
                             for (films, folds), runs in sorted(groups.items()))
@@ -254,19 +222,19 @@ def split_complete(arms: dict[str, ArmRuns], num_folds: int, partial: bool,
     return complete, incomplete
 
 
-def _fold_value(run_dir: Path, info: dict[str, Any], key: str, default: float) -> float:
-    """``key`` of one fold's run: its metrics.json, else its config.yaml, else ``default``."""
-    if info.get(key) is not None:
-        return float(info[key])
-    path = run_dir / CONFIG_FILE
-    if path.is_file():
+def _fold_threshold(run_dir: Path, info: FoldMetrics, default: float) -> float:
+    """One fold's ``threshold``: its metrics.json, else its config.yaml, else ``default``."""
+    if info.threshold is not None:
+        return float(info.threshold)
+    config = RunFolder(run_dir).config()
+    if config is not None:
         from omegaconf import OmegaConf
 
-        value = OmegaConf.select(OmegaConf.load(path), key, default=None)
+        value = OmegaConf.select(config, "threshold", default=None)
         return default if value is None else float(value)
     return default
 
 
 def run_thresholds(arm: ArmRuns) -> dict[int, float]:
     """Each fold's cut-off on P(label 1) (``threshold``; 0.5 where the run recorded none)."""
-    return {fold: _fold_value(arm.run_dirs[fold], info, "threshold", 0.5) for fold, info in arm.folds.items()}
+    return {fold: _fold_threshold(arm.run_dirs[fold], info, 0.5) for fold, info in arm.folds.items()}

@@ -35,7 +35,7 @@ from pneumollm.analysis.tables import (
 )
 from pneumollm.analysis.wording import class_words, common_class_names, probability_name, size_words
 from pneumollm.data.targets import BINARY_CLASSES
-from pneumollm.training.records import CONFIG_FILE, FEATURES_FILE
+from pneumollm.training.run_folder import CONFIG_FILE, FEATURES_FILE
 from pneumollm.utils.console import make_console
 from pneumollm.utils.quiet import quiet_wandb
 
@@ -133,7 +133,7 @@ def tsne_features(arms: list[ArmRuns],
 def _cohort_files(arms: list[ArmRuns]) -> dict[str, Path]:
     """image_id -> preprocessed image of the first arm whose prepared cohort folder is readable."""
     for arm in arms:
-        cohort = arm.folds[min(arm.folds)].get("cohort_folder")
+        cohort = arm.folds[min(arm.folds)].cohort_folder
         if not cohort:
             continue
         try:
@@ -216,7 +216,7 @@ def threshold_note(arms: list[ArmRuns]) -> str:
     fixed, chosen = set(), []
     for arm in arms:
         thresholds = run_thresholds(arm)
-        if any(arm.folds[f].get("threshold_mode") == "validation" for f in arm.folds):
+        if any(arm.folds[f].threshold_mode == "validation" for f in arm.folds):
             values = np.array(list(thresholds.values()))
             chosen.append(f"{arm.label} {values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}")
         else:

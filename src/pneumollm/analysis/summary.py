@@ -58,7 +58,7 @@ def summarise_arm(arm: ArmRuns, n_boot: int = 2000) -> ArmSummary:
     Each fold's figures are its run's ``metrics.json``, which the run computed from the predictions it wrote with
     the same function (``training.prediction_metrics``) that gives the pooled figures here."""
     folds = sorted(arm.folds)
-    per_fold = {f: {m: float(arm.folds[f][f"test/{m}"]) for m in METRICS} for f in folds}
+    per_fold = {f: {m: float(arm.folds[f].test[m]) for m in METRICS} for f in folds}
     values = {m: np.array([per_fold[f][m] for f in folds]) for m in METRICS}
     labels = np.array([p.label for p in arm.predictions])
     probs = np.array([p.prob for p in arm.predictions])
@@ -67,8 +67,8 @@ def summarise_arm(arm: ArmRuns, n_boot: int = 2000) -> ArmSummary:
         mean={m: float(v.mean()) for m, v in values.items()},
         std={m: float(v.std(ddof=1)) if len(v) > 1 else float("nan") for m, v in values.items()},
         pooled_auc=pooled_auc(labels, probs),
-        trainable_params=int(max(arm.folds[f].get("trainable_params", 0) for f in folds)),
-        peak_memory_mb=float(max(arm.folds[f].get("peak_memory_mb", 0.0) for f in folds)),
+        trainable_params=int(max(arm.folds[f].trainable_params or 0 for f in folds)),
+        peak_memory_mb=float(max(arm.folds[f].peak_memory_mb or 0.0 for f in folds)),
         films=len(arm.predictions),
         task=_task_summary(arm, n_boot),
         class_names=arm.class_names, size=arm.size, calibration=arm_calibration(arm, n_boot=n_boot),

@@ -120,7 +120,7 @@ def pooled_intervals(arm: ArmRuns, n_boot: int = 2000, seed: int = 0) -> dict[st
 def fold_figures(arm: ArmRuns, task: LabelTask) -> dict[int, dict[str, float]]:
     """Each fold's task metrics as its run recorded them (NaN where a fold lacks one)."""
     names = metric_names(task)
-    return {f: {m: float(arm.folds[f].get(f"test/{m}", float("nan"))) for m in names} for f in sorted(arm.folds)}
+    return {f: {m: arm.folds[f].figure(m) for m in names} for f in sorted(arm.folds)}
 
 
 def pooled_confusion(arm: ArmRuns) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -77,8 +76,7 @@ _RUN_INPUTS = ("metrics.json", "predictions.csv", "features.npz", "config.yaml",
 def inputs_key(runs_dir: Path, args: argparse.Namespace) -> str:
     """What a study's summary, table and figures are made from: every run file's size and time, the prepared
     cohorts' indexes the film panel reads, the options, and the analysis code."""
-    import json
-
+    from pneumollm.training.run_folder import RunFolder
     from pneumollm.utils.io import sha256_file, sha256_json
 
     files, cohorts = [], set()
@@ -88,8 +86,9 @@ def inputs_key(runs_dir: Path, args: argparse.Namespace) -> str:
             if path.is_file():
                 stat = path.stat()
                 files.append((str(path.relative_to(runs_dir)), stat.st_size, stat.st_mtime_ns))
-        with contextlib.suppress(OSError, ValueError):  # no metrics yet: no cohort to read for the panel
-            cohorts.add(json.loads((run_dir / "metrics.json").read_text()).get("cohort_folder") or "")
+        metrics = RunFolder(run_dir).metrics()  # None: no metrics yet, no cohort to read for the panel
+        if metrics is not None:
+            cohorts.add(metrics.cohort_folder or "")
     for folder in sorted(c for c in cohorts if c):
         index = Path(folder) / "cohort.csv"
         if index.is_file():

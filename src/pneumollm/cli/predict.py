@@ -81,7 +81,7 @@ def predict(args: argparse.Namespace) -> int:
         f"{model.threshold:.3f}", console)
     for note in sorted({n for f in model.folds for n in f.notes}):
         say(f"  {note}", console)
-    prepare_inputs(films, model.settings, model.lungs, progress=not args.no_progress)
+    prepare_inputs(films, model.settings, progress=not args.no_progress)
     ready = [f for f in films if f.status == "ok"]
     images = np.stack([f.image for f in ready]) if ready else np.zeros((0, 1, 1), dtype=np.uint8)
     scores = fold_scores(model, images, args.batch_size, progress=not args.no_progress)

@@ -11,24 +11,22 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pneumollm.data.cohort_report import no_usable_films, summary_lines
 from pneumollm.data.film_array import load_film_array
 from pneumollm.data.folds import FOLDS_FILE, FoldSplit, load_or_make_folds, split_fold
-from pneumollm.data.lungs.base import LungSegmenter
 from pneumollm.data.preprocess import (
     PIPELINE_VERSION,
     HashIndex,
     PreparedCohort,
     PreparedFilm,
-    PreprocessSettings,
     code_fingerprint,
     cpu_workers,
     prepare_cohort,
     read_cohort_index,
 )
+from pneumollm.data.preprocess_plan import build_segmenter, preprocess_settings_from_config
 from pneumollm.data.sources import list_cohort
 from pneumollm.data.targets import BINARY, MULTILABEL, LabelTask
 from pneumollm.errors import ConfigError
@@ -59,12 +57,6 @@ def small_split_warnings(sizes: Mapping[str, Mapping[str, int]], class_names: Se
             warnings.append(f"fold {fold} has only {listing} {what} patient(s) (fewer than {minimum} of a class): its "
                             f"{what} figures rest on very few patients and are unstable; use {fix}")
     return warnings
-
-
-def build_segmenter(lungs: Mapping[str, Any]) -> LungSegmenter:
-    """Instantiate the lung segmenter of a ``lungs`` config (its ``margin`` belongs to the crop step)."""
-    node = {k: v for k, v in lungs.items() if k != "margin"}
-    return instantiate(node, _convert_="object")
 
 
 # Keys of a batch dict: LABEL is what the loss trains on (the task's target: a class index, or a multi-hot row
@@ -177,12 +169,9 @@ class CohortDataModule(L.LightningDataModule):
         self.cohort_name = cohort
         self.source = dict(source)
         self.prepared_dir = Path(prepared_dir)
-        self.lungs = dict(lungs)
-        self.settings = PreprocessSettings(
-            image_size=image_size, lungs={k: v for k, v in self.lungs.items() if k != "margin"},
-            margin=float(self.lungs.get("margin", 0.0)), allowed_modalities=tuple(allowed_modalities),
-            min_size=int(min_film_size),
-        )
+        self.settings = preprocess_settings_from_config({"image_size": image_size, "lungs": lungs,
+                                                         "allowed_modalities": allowed_modalities,
+                                                         "min_film_size": min_film_size})
         self.fold = fold
         self.num_folds = num_folds
         self.val_fraction = val_fraction
@@ -203,6 +192,7 @@ class CohortDataModule(L.LightningDataModule):
         self.progress = progress
         self.cohort: PreparedCohort | None = None
         self.split: FoldSplit | None = None
+        self.assignment: dict[str, int] | None = None  # patient -> fold, read or made once per run
         self.datasets: dict[str, FilmDataset] = {}
         self._identity: dict[str, Any] | None = None
 
@@ -218,7 +208,7 @@ class CohortDataModule(L.LightningDataModule):
         for note in listing.notes:
             say(f"[bold]cohort[/bold] note: {note}")
         self.cohort = prepare_cohort(
-            listing, self.prepared_dir, self.settings, partial(build_segmenter, self.lungs),
+            listing, self.prepared_dir, self.settings, partial(build_segmenter, self.settings),
             workers=cpu_workers(self.preprocess_workers), progress=self.progress,
         )
         if not self.cohort.films:
@@ -227,8 +217,8 @@ class CohortDataModule(L.LightningDataModule):
         for line in summary_lines(self.cohort, self.task.class_names):
             say(f"[bold]cohort[/bold] {line}")
         pairs = [(f.patient_id, f.target) for f in self.cohort.films]
-        load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, self.regenerate_folds,
-                           task=self.task)
+        self.assignment = load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed,
+                                             self.regenerate_folds, task=self.task)
         self.regenerate_folds = False  # once per run, not once per stage
         self._identity = None
 
@@ -258,7 +248,7 @@ class CohortDataModule(L.LightningDataModule):
             films = sorted((f.image_id, f.patient_id, f.label, f.content_hash) if binary else
                            (f.image_id, f.patient_id, f.label, f.target, f.content_hash) for f in self.cohort.films)
             pairs = [(f.patient_id, f.target) for f in self.cohort.films]
-            assignment = load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, task=self.task)
+            assignment = self._fold_assignment(pairs)
             patients = {p for p, _ in pairs}
             self._identity = {
                 "films": sha256_json(films)[:16], "num_films": len(films),
@@ -266,6 +256,13 @@ class CohortDataModule(L.LightningDataModule):
                 "preprocessing": sha256_json(self._preprocessing_identity())[:16],
             }
         return dict(self._identity)
+
+    def _fold_assignment(self, pairs: Sequence[tuple[str, int]]) -> dict[str, int]:
+        """Each patient's fold: the one ``prepare_data`` read or made (once per run), else ``folds.csv`` now."""
+        if self.assignment is None:
+            self.assignment = load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed,
+                                                 task=self.task)
+        return self.assignment
 
     def _preprocessing_identity(self) -> dict[str, Any]:
         hashes = HashIndex(self.prepared_dir / "file_hashes.json")
@@ -283,7 +280,7 @@ class CohortDataModule(L.LightningDataModule):
             return
         films = read_cohort_index(self.cohort_folder)
         pairs = [(f.patient_id, f.target) for f in films]
-        assignment = load_or_make_folds(self.folds_path, pairs, self.num_folds, self.folds_seed, task=self.task)
+        assignment = self._fold_assignment(pairs)
         targets: dict[str, list[int]] = {}
         for patient, target in pairs:
             targets.setdefault(patient, []).append(target)

@@ -1,4 +1,4 @@
-"""``pneumollm-export``: an arm's fold models as a small folder to share, and loading it back.
+"""``pneumollm-export``: an arm's fold models as a small folder to share (``inference.models`` loads it back).
 
 The folder holds only what training produced (the trainable weights of every fold as safetensors: 2.7 M
 parameters, about 11 MB, for the paper's PneumoLLM), each fold's resolved config, the preprocessing settings,
@@ -11,10 +11,7 @@ where the weights came from, and the model card shows it).
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +19,17 @@ import torch
 from omegaconf import OmegaConf
 
 import pneumollm
-from pneumollm.data.film_profile import PROFILE_FILE, PROFILE_FORMAT, merge_profiles, read_profile
+from pneumollm.data.film_profile import PROFILE_FILE, merge_profiles, read_profile
+from pneumollm.data.preprocess import PreprocessSettings
+from pneumollm.data.preprocess_plan import preprocess_settings_from_config, settings_record
 from pneumollm.data.targets import BINARY_CLASSES, check_class_names
-from pneumollm.inference.models import (
-    EXPORT_FILE,
-    FoldModel,
-    ModelLoadError,
-    TrainedModel,
-    build_net,
-    check_frozen,
-    fold_for_inference,
-    preprocess_settings,
-)
-from pneumollm.training.records import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
+from pneumollm.inference.models import EXPORT_FILE, EXPORT_FORMAT, ModelLoadError, training_preprocessing
+from pneumollm.training.fold_metrics import HEADLINE
+from pneumollm.training.run_folder import METRICS_FILE, PREDICTIONS_FILE, RunFolder
 from pneumollm.utils.io import atomic_write, atomic_write_json, atomic_write_text
 from pneumollm.utils.markdown import markdown_table
 
-EXPORT_FORMAT = 1
-METRIC_KEYS = ("test/sensitivity", "test/specificity", "test/accuracy", "test/auc", "test/avg")
+METRIC_KEYS = tuple(f"test/{name}" for name in HEADLINE)  # the folds' figures export.json keeps
 
 
 def _base_weights(config: Any) -> dict[str, Any]:
@@ -67,18 +57,20 @@ def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     folds, configs = [], []
     for run_dir in run_dirs:
-        metrics = json.loads((run_dir / METRICS_FILE).read_text())
-        config = OmegaConf.load(run_dir / CONFIG_FILE)
-        fold = int(metrics["fold"])
-        checkpoint = metrics.get("checkpoint")
-        state = torch.load(run_dir / checkpoint, map_location="cpu", weights_only=True) if checkpoint else {}
+        folder = RunFolder(run_dir)
+        metrics, config = folder.metrics(), folder.config()
+        if metrics is None or config is None:
+            raise ModelLoadError(f"{run_dir}: not a finished run (needs config.yaml and a readable metrics.json)")
+        fold = int(metrics.fold if metrics.fold is not None else config.data.fold)
+        state = torch.load(run_dir / metrics.checkpoint, map_location="cpu", weights_only=True) \
+            if metrics.checkpoint else {}
         folds.append({**write_fold(out_dir, fold, state.get("state_dict", {}), config),
-                      "threshold": float(metrics.get("threshold", 0.5)),
-                      "threshold_mode": metrics.get("threshold_mode", "fixed"),
-                      "selected_epoch": metrics.get("selected_epoch"),
-                      "metrics": {k: metrics[k] for k in METRIC_KEYS if k in metrics},
+                      "threshold": float(metrics.threshold if metrics.threshold is not None else 0.5),
+                      "threshold_mode": metrics.threshold_mode or "fixed",
+                      "selected_epoch": metrics.selected_epoch,
+                      "metrics": {f"test/{k}": metrics.test[k] for k in HEADLINE if k in metrics.test},
                       "frozen_fingerprints": state.get("frozen_fingerprints"),
-                      "trainable_params": metrics.get("trainable_params")})
+                      "trainable_params": metrics.trainable_params})
         configs.append(config)
     predictions = [p for run_dir in run_dirs for p in read_predictions(run_dir / PREDICTIONS_FILE)]
     pooled = bootstrap_auc_by_patient([p.label for p in predictions], [p.prob for p in predictions],
@@ -86,8 +78,10 @@ def export_arm(arm_dir: str | Path, out_dir: str | Path) -> Path:
     summary = {key: {"mean": sum(f["metrics"][key] for f in folds) / len(folds)} for key in METRIC_KEYS
                if all(key in f["metrics"] for f in folds)}
     profile = merge_profiles([read_profile(run_dir / PROFILE_FILE) for run_dir in run_dirs])
-    record = {**export_record(configs[0], folds), "summary": summary, "pooled_auc": None if pooled is None else
-              {"estimate": pooled.estimate, "ci_low": pooled.low, "ci_high": pooled.high},
+    settings = training_preprocessing(RunFolder(run_dirs[0]).preprocessing(), configs[0], configs[0])
+    record = {**export_record(configs[0], folds, settings), "summary": summary,
+              "pooled_auc": None if pooled is None else {"estimate": pooled.estimate, "ci_low": pooled.low,
+                                                         "ci_high": pooled.high},
               "training_films": profile}
     return write_record(out_dir, record)
 
@@ -104,15 +98,18 @@ def write_fold(out_dir: Path, fold: int, weights: dict[str, torch.Tensor], confi
     return {"fold": fold, "weights": weights_file, "config": f"fold{fold}.yaml"}
 
 
-def export_record(config: Any, folds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``export.json`` fields every export has, from one fold's resolved config and the folds' entries."""
+def export_record(config: Any, folds: list[dict[str, Any]], settings: PreprocessSettings | None = None
+                  ) -> dict[str, Any]:
+    """The ``export.json`` fields every export has, from one fold's resolved config and the folds' entries;
+    ``settings``: the preprocessing the folds recorded (default: made from ``config``)."""
+    settings = settings or preprocess_settings_from_config(config.data)
     return {"format": EXPORT_FORMAT, "suite_version": pneumollm.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "arm": str(config.experiment.arm), "label": str(config.experiment.get("label", "")),
             "experiment": str(config.experiment.name), "size": str(config.get("size_name", "?")),
             "cohort": str(config.data.get("cohort", "?")), "folds": folds,
             "class_names": list(check_class_names(config.data.get("class_names"))),
-            "base_weights": _base_weights(config), "preprocessing": asdict(preprocess_settings(config))}
+            "base_weights": _base_weights(config), "preprocessing": settings_record(settings)}
 
 
 def write_record(out_dir: Path, record: dict[str, Any]) -> Path:
@@ -236,29 +233,3 @@ def usage_lines(checked: bool = True) -> list[str]:
             "pneumollm-predict THIS_FOLDER films/ --out predictions.csv \\",
             "    --set model.encoder.name_or_path=/models/clip model.llm.name_or_path=/models/llama-7b", "```", "",
             f"Films are preprocessed as in training (`export.json`, `preprocessing`); {check}"]
-
-
-def load_export(path: Path, device: torch.device, overrides: Sequence[str] = (),
-                fold_adapters: bool = True) -> TrainedModel:
-    """The ensemble of an export folder (base weights from their source, checked against the fingerprints)."""
-    from safetensors.torch import load_file
-
-    record = json.loads((path / EXPORT_FILE).read_text())
-    if record.get("format") != EXPORT_FORMAT:
-        raise ModelLoadError(f"{path}: export format {record.get('format')} (this suite reads {EXPORT_FORMAT})")
-    folds, config = [], None
-    for entry in record["folds"]:
-        config = OmegaConf.load(path / entry["config"])
-        if overrides:
-            config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
-        net, loss = build_net(config, load_file(str(path / entry["weights"])), path, device)
-        if entry.get("frozen_fingerprints"):
-            check_frozen(net, entry["frozen_fingerprints"], path)
-        notes = fold_for_inference(net) if fold_adapters else []
-        if entry.get("frozen_fingerprints") is None and record.get("imported"):
-            notes.insert(0, "base weights not checked: the imported weights carry no fingerprints of them "
-                            "(pneumollm-import-reference --fingerprint records them)")
-        folds.append(FoldModel(int(entry["fold"]), net, loss, float(entry["threshold"]), notes))
-    profile = record.get("training_films")
-    return TrainedModel(path, str(record["arm"]), folds, config, preprocess_settings(config),
-                        profile if isinstance(profile, dict) and profile.get("format") == PROFILE_FORMAT else None)

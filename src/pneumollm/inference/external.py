@@ -34,6 +34,7 @@ from pneumollm.inference.models import TrainedModel, load_trained
 from pneumollm.inference.predict import ensemble_log_odds, fold_scores
 from pneumollm.inference.shift import NO_PROFILE, join_reasons, shift_reasons, shift_summary
 from pneumollm.training.records import number_text
+from pneumollm.training.run_folder import RunFolder
 from pneumollm.utils.console import say
 from pneumollm.utils.io import atomic_write, atomic_write_text, output_set
 from pneumollm.utils.markdown import markdown_table
@@ -88,7 +89,7 @@ def score_arms(runs_dir: Path, records: list[FilmRecord], n_boot: int = 2000, ov
         key = model.settings.fingerprint()
         if key not in prepared:  # arms trained with the same preprocessing share the prepared films
             films = [InputFilm(r.path, r.image_id) for r in records]
-            prepare_inputs(films, model.settings, model.lungs, progress=progress)
+            prepare_inputs(films, model.settings, progress=progress)
             prepared[key] = films
         models[name] = model
     usable = [i for i in range(len(records)) if all(films[i].status == "ok" for films in prepared.values())]
@@ -111,8 +112,8 @@ def score_arms(runs_dir: Path, records: list[FilmRecord], n_boot: int = 2000, ov
                                   log_odds=ensemble_log_odds(scores.log_odds), size=complete[name].size,
                                   class_names=complete[name].class_names))
     first = next(iter(complete.values()))
-    config = OmegaConf.load(first.run_dirs[min(first.run_dirs)] / "config.yaml")
-    reference = OmegaConf.select(config, "experiment.reference")
+    config = RunFolder(first.run_dirs[min(first.run_dirs)]).config()
+    reference = OmegaConf.select(config, "experiment.reference") if config is not None else None
     ref = next((a for a in scored if a.arm == reference), None)
     if ref is not None:
         for arm in scored:

@@ -133,14 +133,13 @@ def gather_inputs(items: Sequence[str | Path]) -> GatheredInputs:
     return GatheredInputs(films, notes)
 
 
-def prepare_inputs(films: list[InputFilm], settings: PreprocessSettings, lungs: dict[str, Any],
-                   progress: bool = True) -> None:
-    """Decode, crop and resize every pending film in place, as training did (``settings``, the ``lungs`` option);
-    a film that cannot be used is marked ``skipped`` with the reason."""
-    from pneumollm.data.datamodule import build_segmenter
+def prepare_inputs(films: list[InputFilm], settings: PreprocessSettings, progress: bool = True) -> None:
+    """Decode, crop and resize every pending film in place, as training did (``settings``: the model's recorded
+    preprocessing); a film that cannot be used is marked ``skipped`` with the reason."""
+    from pneumollm.data.preprocess_plan import build_segmenter
 
     pending = [f for f in films if f.status == "pending"]
-    segmenter = build_segmenter(lungs) if pending else None
+    segmenter = build_segmenter(settings) if pending else None
     for film in progress_bar(pending, f"preparing {len(pending)} films", enabled=progress):
         try:
             image, meta, _thumb, _mask = process_film(film.path, film.name, settings, segmenter)

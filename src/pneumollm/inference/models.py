@@ -1,16 +1,17 @@
 """Trained models back from disk: one fold's run folder, an arm's five folds (an ensemble), or an export.
 
-A run folder holds the resolved config (``config.yaml``), the tested checkpoint (trainable weights only) and
-``metrics.json`` (which checkpoint, which threshold). The net is rebuilt from the config (frozen weights from
-their hub id or folder, or their seeded random initialisation), the trainable weights are loaded on top, and the
-frozen weights are checked against the fingerprints recorded at training time, so a model is never assembled
-from other base weights than it was trained with.
+A run folder holds the resolved config (``config.yaml``), the preprocessing plan (``preprocessing.json``), the
+tested checkpoint (trainable weights only) and ``metrics.json`` (which checkpoint, which threshold); an export
+holds the same per fold (``export.json``, ``pneumollm-export``). The net is rebuilt from the config (frozen
+weights from their hub id or folder, or their seeded random initialisation), the trainable weights are loaded on
+top, and the frozen weights are checked against the per-tensor fingerprints recorded at training time, so a model
+is never assembled from other base weights than it was trained with. Films are prepared with the recorded plan.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pneumollm.data.film_profile import PROFILE_FILE, merge_profiles, read_profile
+from pneumollm.data.film_profile import PROFILE_FILE, PROFILE_FORMAT, merge_profiles, read_profile
 from pneumollm.data.preprocess import PreprocessSettings
+from pneumollm.data.preprocess_plan import preprocess_settings_from_config, settings_from_record
 from pneumollm.data.targets import BINARY, LabelTask
 from pneumollm.errors import UserError
-from pneumollm.models.components.frozen import frozen_tensor_fingerprints
-from pneumollm.training.records import CONFIG_FILE, METRICS_FILE
+from pneumollm.training.run_folder import CONFIG_FILE, METRICS_FILE, RunFolder
 
 EXPORT_FILE = "export.json"
+EXPORT_FORMAT = 1
 
 
 class ModelLoadError(UserError):
@@ -86,34 +88,26 @@ class TrainedModel:
         return LabelTask.from_config(str(data.get("task", BINARY)), data.get("classes"), data.get("label_columns"),
                                      class_names=data.get("class_names"))
 
-    @property
-    def lungs(self) -> dict[str, Any]:
-        """The lung-crop option of the runs (``lungs`` config without the crop margin)."""
-        return {k: v for k, v in OmegaConf.to_container(self.config.data.lungs, resolve=True).items() if k != "margin"}
+
+def check_frozen(net: torch.nn.Module, recorded: Mapping[str, Any], where: Path) -> None:
+    """Refuse a net whose frozen weights differ from the ones ``recorded`` holds (``frozen_fingerprints``, per
+    tensor; or ``frozen_fingerprint`` in checkpoints written before those), naming the first tensor."""
+    from pneumollm.training.module import frozen_mismatch
+
+    why = frozen_mismatch(net, dict(recorded))
+    if why is not None:
+        raise ModelLoadError(f"{where}: {why}; load the base weights it was trained with (encoder.name_or_path / "
+                             "llm.name_or_path)")
 
 
-def check_frozen(net: torch.nn.Module, recorded: dict[str, str], where: Path) -> None:
-    """Refuse a net whose frozen weights differ from ``recorded`` (shape or values), naming the first tensor."""
-    current = frozen_tensor_fingerprints(net)
-    for name, expected in recorded.items():
-        if name not in current:
-            raise ModelLoadError(f"{where}: the base model has no frozen tensor {name!r} that the trained model had; "
-                                 "load the base weights it was trained with")
-        if current[name] != expected:
-            what = "shape" if current[name].split(":")[0] != expected.split(":")[0] else "values"
-            raise ModelLoadError(f"{where}: the base weights differ from the ones recorded at training time "
-                                 f"({what} of {name}: {current[name]} vs {expected}); load the base weights it was "
-                                 "trained with (encoder.name_or_path / llm.name_or_path)")
-
-
-def preprocess_settings(config: DictConfig) -> PreprocessSettings:
-    """The preprocessing the runs were trained with (as ``CohortDataModule`` builds it from ``data``)."""
-    data = config.data
-    lungs = OmegaConf.to_container(data.lungs, resolve=True)
-    return PreprocessSettings(image_size=int(data.image_size), lungs={k: v for k, v in lungs.items() if k != "margin"},
-                              margin=float(lungs.get("margin", 0.0)),
-                              allowed_modalities=tuple(data.get("allowed_modalities", ("CR", "DX", "DR", "RG", "OT"))),
-                              min_size=int(data.get("min_film_size", 64)))
+def training_preprocessing(plan: PreprocessSettings | None, recorded: DictConfig, config: DictConfig
+                           ) -> PreprocessSettings:
+    """The preprocessing a model was trained with: its recorded plan (a run's ``preprocessing.json``, an
+    export's ``preprocessing``); rebuilt from ``config`` where there is none (runs made before plans) or where
+    overrides changed ``recorded``'s data settings (``data.lungs.weights=...`` where the U-Net lives elsewhere)."""
+    if plan is not None and recorded.get("data") == config.get("data"):
+        return plan
+    return preprocess_settings_from_config(config.data)
 
 
 def build_net(config: DictConfig, state: dict[str, torch.Tensor], where: Path,
@@ -152,15 +146,13 @@ def fold_for_inference(net: torch.nn.Module) -> list[str]:
 
 
 def _load_run(run_dir: Path, device: torch.device, overrides: Sequence[str], fold_adapters: bool
-              ) -> tuple[FoldModel, DictConfig]:
-    metrics_path, config_path = run_dir / METRICS_FILE, run_dir / CONFIG_FILE
-    if not metrics_path.is_file() or not config_path.is_file():
+              ) -> tuple[FoldModel, DictConfig, PreprocessSettings]:
+    folder = RunFolder(run_dir)
+    metrics, recorded = folder.metrics(), folder.config()
+    if metrics is None or recorded is None:
         raise ModelLoadError(f"{run_dir}: not a finished run (needs config.yaml and metrics.json)")
-    metrics = json.loads(metrics_path.read_text())
-    config = OmegaConf.load(config_path)
-    if overrides:
-        config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
-    checkpoint = metrics.get("checkpoint")
+    config = OmegaConf.merge(recorded, OmegaConf.from_dotlist(list(overrides))) if overrides else recorded
+    checkpoint = metrics.checkpoint
     if checkpoint:
         path = run_dir / checkpoint if not Path(checkpoint).is_absolute() else Path(checkpoint)
         if not path.is_file():
@@ -169,16 +161,12 @@ def _load_run(run_dir: Path, device: torch.device, overrides: Sequence[str], fol
     else:  # a model without trainable parameters (zero-shot CLIP) has no checkpoint
         state = {}
     net, loss = build_net(config, state.get("state_dict", {}), run_dir, device)
-    if state.get("frozen_fingerprints"):
-        check_frozen(net, state["frozen_fingerprints"], run_dir)
-    elif state.get("frozen_fingerprint"):  # checkpoints written before per-tensor fingerprints
-        from pneumollm.training.module import frozen_fingerprint
-
-        if frozen_fingerprint(net) != state["frozen_fingerprint"]:
-            raise ModelLoadError(f"{run_dir}: the base weights differ from the ones the run was trained with")
+    check_frozen(net, state, run_dir)
     notes = fold_for_inference(net) if fold_adapters else []
-    threshold = float(metrics.get("threshold", config.get("threshold", 0.5)))
-    return FoldModel(int(metrics.get("fold", config.data.fold)), net, loss, threshold, notes), config
+    threshold = float(metrics.threshold if metrics.threshold is not None else config.get("threshold", 0.5))
+    fold = int(metrics.fold if metrics.fold is not None else config.data.fold)
+    settings = training_preprocessing(folder.preprocessing(), recorded, config)
+    return FoldModel(fold, net, loss, threshold, notes), config, settings
 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu", overrides: Sequence[str] = (),
@@ -188,23 +176,46 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", overrides
     ``overrides``: dotlist settings applied to every fold's config (e.g. ``encoder.name_or_path=/models/clip``
     where the base weights live elsewhere than on the training machine).
     """
-    from pneumollm.inference.export import load_export
-
     path, device = Path(path), torch.device(device)
     if (path / EXPORT_FILE).is_file():
         return load_export(path, device, overrides, fold_adapters)
     if (path / CONFIG_FILE).is_file():
-        fold, config = _load_run(path, device, overrides, fold_adapters)
-        return TrainedModel(path, str(config.experiment.arm), [fold], config, preprocess_settings(config),
+        fold, config, settings = _load_run(path, device, overrides, fold_adapters)
+        return TrainedModel(path, str(config.experiment.arm), [fold], config, settings,
                             read_profile(path / PROFILE_FILE))
     run_dirs = sorted(d for d in path.glob("fold*") if (d / METRICS_FILE).is_file())
     if not run_dirs:
         raise ModelLoadError(f"{path}: neither a run folder (config.yaml, metrics.json), an arm folder (fold*/ with "
                              "finished runs) nor an export (export.json)")
     loaded = [_load_run(d, device, overrides, fold_adapters) for d in run_dirs]
-    settings = [preprocess_settings(c) for _, c in loaded]
-    if len({s.fingerprint() for s in settings}) > 1:
+    if len({s.fingerprint() for _, _, s in loaded}) > 1:
         raise ModelLoadError(f"{path}: the folds were trained with different preprocessing; predict fold by fold")
-    config = loaded[0][1]
-    return TrainedModel(path, str(config.experiment.arm), [f for f, _ in loaded], config, settings[0],
+    _, config, settings = loaded[0]
+    return TrainedModel(path, str(config.experiment.arm), [f for f, _, _ in loaded], config, settings,
                         merge_profiles([read_profile(d / PROFILE_FILE) for d in run_dirs]))
+
+
+def load_export(path: Path, device: torch.device, overrides: Sequence[str] = (),
+                fold_adapters: bool = True) -> TrainedModel:
+    """The ensemble of an export folder (base weights from their source, checked against the fingerprints)."""
+    from safetensors.torch import load_file
+
+    record = json.loads((path / EXPORT_FILE).read_text())
+    if record.get("format") != EXPORT_FORMAT:
+        raise ModelLoadError(f"{path}: export format {record.get('format')} (this suite reads {EXPORT_FORMAT})")
+    folds, recorded, config = [], None, None
+    for entry in record["folds"]:
+        recorded = OmegaConf.load(path / entry["config"])
+        config = OmegaConf.merge(recorded, OmegaConf.from_dotlist(list(overrides))) if overrides else recorded
+        net, loss = build_net(config, load_file(str(path / entry["weights"])), path, device)
+        if entry.get("frozen_fingerprints"):
+            check_frozen(net, {"frozen_fingerprints": entry["frozen_fingerprints"]}, path)
+        notes = fold_for_inference(net) if fold_adapters else []
+        if entry.get("frozen_fingerprints") is None and record.get("imported"):
+            notes.insert(0, "base weights not checked: the imported weights carry no fingerprints of them "
+                            "(pneumollm-import-reference --fingerprint records them)")
+        folds.append(FoldModel(int(entry["fold"]), net, loss, float(entry["threshold"]), notes))
+    plan = settings_from_record(record["preprocessing"], path / EXPORT_FILE) if record.get("preprocessing") else None
+    profile = record.get("training_films")
+    return TrainedModel(path, str(record["arm"]), folds, config, training_preprocessing(plan, recorded, config),
+                        profile if isinstance(profile, dict) and profile.get("format") == PROFILE_FORMAT else None)

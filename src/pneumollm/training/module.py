@@ -21,9 +21,9 @@ from pneumollm.models.components.frozen import frozen_tensor_fingerprints
 from pneumollm.training.losses import ClassificationLoss, positive_log_odds
 from pneumollm.training.optim import weight_decay_groups
 from pneumollm.training.prediction_metrics import prediction_metrics, stage_confusion
+from pneumollm.training.run_folder import RUN_IDENTITY_KEY
 
 METRIC_NAMES = ("sensitivity", "specificity", "accuracy", "auc")
-RUN_IDENTITY_KEY = "pneumollm_run"  # checkpoint entry naming the run (config hash) that wrote it
 
 
 def paper_metrics(threshold: float = 0.5) -> MetricCollection:
@@ -37,7 +37,8 @@ def paper_metrics(threshold: float = 0.5) -> MetricCollection:
 
 
 def frozen_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap fingerprint of the frozen weights (shape and first values of each), to catch a changed backbone."""
+    """One fingerprint of all frozen weights (shape and first values of each): what checkpoints carried before
+    per-tensor fingerprints (``frozen_tensor_fingerprints``), kept to check those checkpoints."""
     digest = hashlib.sha256()
     for name, param in model.named_parameters():
         if param.requires_grad or param.device.type == "meta":
@@ -46,6 +47,29 @@ def frozen_fingerprint(model: torch.nn.Module) -> str:
         digest.update(str(tuple(param.shape)).encode())
         digest.update(param.detach().flatten()[:16].float().cpu().numpy().tobytes())
     return digest.hexdigest()
+
+
+def frozen_mismatch(net: torch.nn.Module, checkpoint: dict[str, Any], current: dict[str, str] | None = None
+                    ) -> str | None:
+    """Why the frozen weights of ``net`` are not the ones ``checkpoint`` was trained with, or None when they are
+    (or the checkpoint recorded none). Checked tensor by tensor (``frozen_fingerprints``; ``current``: the net's
+    own, when already computed); checkpoints written before those carry one fingerprint of all
+    (``frozen_fingerprint``)."""
+    recorded = checkpoint.get("frozen_fingerprints")
+    if recorded:
+        current = frozen_tensor_fingerprints(net) if current is None else current
+        for name, expected in recorded.items():
+            if name not in current:
+                return f"the base model has no frozen tensor {name!r} that the trained model had"
+            if current[name] != expected:
+                what = "shape" if current[name].split(":")[0] != expected.split(":")[0] else "values"
+                return (f"the base weights differ from the ones recorded at training time ({what} of {name}: "
+                        f"{current[name]} vs {expected})")
+        return None
+    legacy = checkpoint.get("frozen_fingerprint")
+    if legacy and legacy != frozen_fingerprint(net):
+        return "the base weights differ from the ones recorded at training time (their fingerprint)"
+    return None
 
 
 def _numpy_state_to_tensors() -> dict[str, Any]:
@@ -91,7 +115,7 @@ class ClassificationModule(L.LightningModule):
         self.run_identity = dict(run_identity or {})
         self.from_prefix = False  # batches carry the frozen prefix's cached features instead of images
         self.log_every_step = log_every_step  # the training loss per step too (costs 5-30 % of a tiny fold)
-        self._frozen_fingerprint: str | None = None  # frozen weights never change: fingerprint them once
+        self._frozen_prints: dict[str, str] | None = None  # frozen weights never change: fingerprint them once
         self.val_history: dict[int, dict[str, float]] = {}  # epoch -> validation figures (kept in checkpoints)
         self.strict_loading = False  # checkpoints hold the trainable weights only
         self.val_metrics = paper_metrics(threshold).clone(prefix="val/")
@@ -104,6 +128,12 @@ class ClassificationModule(L.LightningModule):
         self._test_features: list[torch.Tensor] = []
         self.test_predictions: dict[str, np.ndarray] = {}
         self.test_results: dict[str, float] = {}
+
+    def frozen_prints(self) -> dict[str, str]:
+        """Per-tensor fingerprints of the frozen weights (computed once: they never change)."""
+        if self._frozen_prints is None:
+            self._frozen_prints = frozen_tensor_fingerprints(self.net)
+        return self._frozen_prints
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -217,11 +247,8 @@ class ClassificationModule(L.LightningModule):
         keep = {f"net.{n}" for n, p in self.net.named_parameters() if p.requires_grad}
         keep |= {f"net.{n}" for n, _ in self.net.named_buffers()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        if self._frozen_fingerprint is None:
-            self._frozen_fingerprint = frozen_fingerprint(self.net)
-            self._frozen_prints = frozen_tensor_fingerprints(self.net)
-        checkpoint["frozen_fingerprint"] = self._frozen_fingerprint
-        checkpoint["frozen_fingerprints"] = self._frozen_prints  # per tensor: inference refuses other base weights
+        # per tensor: resuming and inference refuse other base weights, naming the first tensor that differs
+        checkpoint["frozen_fingerprints"] = self.frozen_prints()
         checkpoint[RUN_IDENTITY_KEY] = dict(self.run_identity)  # a run resumes only its own checkpoints
         checkpoint["val_history"] = {str(k): v for k, v in self.val_history.items()}
         checkpoint["rng_states"] = {
@@ -232,12 +259,10 @@ class ClassificationModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        expected = checkpoint.get("frozen_fingerprint")
-        if expected and expected != frozen_fingerprint(self.net):
-            raise RuntimeError(
-                "the checkpoint was trained on different frozen weights than the ones loaded now "
-                "(another pretrained model, seed or architecture); refusing to mix them"
-            )
+        why = frozen_mismatch(self.net, checkpoint, self.frozen_prints())
+        if why is not None:
+            raise RuntimeError(f"the checkpoint was trained on different frozen weights than the ones loaded now "
+                               f"(another pretrained model, seed or architecture: {why}); refusing to mix them")
         states = checkpoint.get("rng_states")
         self.val_history.update({int(k): dict(v) for k, v in checkpoint.get("val_history", {}).items()})
         if states and self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING:

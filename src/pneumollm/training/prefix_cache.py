@@ -17,17 +17,25 @@ import contextlib
 import hashlib
 import inspect
 import json
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from pneumollm.errors import ConfigError
 from pneumollm.models.base import FrozenPrefix
+from pneumollm.utils.console import say
 from pneumollm.utils.io import atomic_write
 from pneumollm.utils.progress import progress_bar
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from pneumollm.data.datamodule import CohortDataModule
+    from pneumollm.training.module import ClassificationModule
 
 CACHE_MODES = ("auto", "on", "off")
 CACHE_DIR = "prefix_features"
@@ -172,3 +180,26 @@ def cache_prefix_features(prefix: FrozenPrefix, datasets: Iterable[Any], folder:
     if write:
         cache.save()
     return key, computed
+
+
+def serve_cached_prefix(mode: str, net: nn.Module, module: ClassificationModule, trainer: L.Trainer,
+                        datamodule: CohortDataModule, writer: bool, progress: bool) -> str | None:
+    """Serve the frozen prefix's cached features instead of images where that is valid (``feature_cache``);
+    returns the cache key, or None when the films go through the whole net. ``writer``: this process saves the
+    cache and reports (rank 0)."""
+    prefix = plan_prefix_cache(net, mode)
+    if prefix is None or not any(p.requires_grad for p in net.parameters()):
+        return None  # nothing trains: the test films go through once, a cache would only add the other splits
+    started = time.perf_counter()
+    key, computed = cache_prefix_features(
+        prefix, datamodule.datasets.values(), datamodule.cohort_folder / CACHE_DIR,
+        device=trainer.strategy.root_device, precision=str(trainer.precision),
+        context=trainer.precision_plugin.forward_context, batch_size=datamodule.eval_batch_size,
+        extra={"preprocessing": datamodule.cohort_identity()["preprocessing"]}, write=writer,
+        progress=writer and progress)
+    module.from_prefix = True
+    if writer:
+        films = sum(len(ds) for ds in datamodule.datasets.values())
+        say(f"frozen-prefix features of {films} films from the cache ({computed} computed now, "
+            f"{time.perf_counter() - started:.1f} s; {CACHE_DIR}/{key}.pt)")
+    return key

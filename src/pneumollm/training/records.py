@@ -1,44 +1,28 @@
-"""What each fold's run directory holds, written atomically, and what state a run directory is in.
+"""The formats of a run's records: the config hash that names a run, and the rows of ``predictions.csv``.
 
-A run directory holds ``job.json`` (the config hash of the run that owns the folder, written when it starts),
-``config.yaml``, and once finished ``metrics.json``, ``predictions.csv`` and ``features.npz``; a run that
-failed leaves ``failed.json``. ``run_status`` reads them together, so a result is only ever taken as current
-when it was written by the config that owns the folder now.
+Where the files live and when they are written is the run folder's business (``training.run_folder``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pneumollm.data.film_profile import PROFILE_FILE
 from pneumollm.data.targets import BINARY, MULTICLASS, LabelTask
-from pneumollm.utils.io import atomic_write, atomic_write_json, atomic_write_text, sha256_json
+from pneumollm.utils.io import atomic_write, sha256_json
 
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.csv"
-CONFIG_FILE = "config.yaml"
-FAILED_FILE = "failed.json"
-JOB_FILE = "job.json"  # the config hash (and cohort) of the run that owns the folder, written when it starts
-FEATURES_FILE = "features.npz"  # head-input features of the test films (for t-SNE plots)
-CHECKPOINT_DIR = "checkpoints"
-SUPERSEDED_DIR = ".superseded"  # outputs of an earlier config of the same job, set aside rather than deleted
+if TYPE_CHECKING:
+    from pneumollm.data.preprocess import PreparedFilm
+
 # prob: P(class 1) written exactly (``number_text``); logit: its log-odds from the model's logits (exact where prob
 # rounds to 0 or 1; absent in runs made before it existed); pred: prob > the run's threshold.
 PREDICTION_COLUMNS = ("image_id", "patient_id", "fold", "label", "prob", "logit", "pred")
-# Files a run produces that belong to one config; set aside together when another config takes the folder.
-RESULT_FILES = (METRICS_FILE, PREDICTIONS_FILE, FEATURES_FILE, FAILED_FILE, CONFIG_FILE, JOB_FILE, CHECKPOINT_DIR,
-                PROFILE_FILE)
 
 # Settings that do not change what a run computes (where it writes, how it reports progress, how tables show it).
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "callbacks.progress", "callbacks.step_timer",
@@ -82,37 +66,6 @@ def config_hash(cfg: DictConfig | Mapping[str, Any], cohort: Mapping[str, Any] |
     if cohort is not None:
         plain = {"config": plain, "cohort": dict(cohort)}
     return sha256_json(plain)[:16]
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's ``metrics.json``, or None when absent or unreadable."""
-    return _read_json(Path(run_dir) / METRICS_FILE)
-
-
-def read_job(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's ``job.json`` (config hash and cohort of the run that owns the folder), or None."""
-    return _read_json(Path(run_dir) / JOB_FILE)
-
-
-def read_failure(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's ``failed.json``, or None."""
-    return _read_json(Path(run_dir) / FAILED_FILE)
-
-
-def write_metrics(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
-    return atomic_write_json(Path(run_dir) / METRICS_FILE, dict(metrics))
-
-
-def write_job(run_dir: str | Path, info: Mapping[str, Any]) -> Path:
-    return atomic_write_json(Path(run_dir) / JOB_FILE, dict(info))
 
 
 def number_text(value: float) -> str:
@@ -161,8 +114,20 @@ def task_columns(task: LabelTask, target: Any, outputs: Sequence[float]) -> dict
     return {**truth, **predicted_columns(task, outputs)}
 
 
-def write_predictions(run_dir: str | Path, rows: Iterable[Mapping[str, Any]],
-                      task: LabelTask | None = None) -> Path:
+def prediction_rows(predictions: Mapping[str, Any], films: Sequence[PreparedFilm], fold: int, threshold: float,
+                    task: LabelTask) -> list[dict[str, Any]]:
+    """One ``predictions.csv`` row per test film from the module's test predictions (``index``, ``label``,
+    ``prob``, ``logit``, ``target``, ``outputs``), every number exactly as the test figures were computed from it;
+    ``pred`` is ``prob > threshold``."""
+    return [{**films[i].extra, "image_id": films[i].image_id, "patient_id": films[i].patient_id, "fold": fold,
+             "label": int(label), "prob": number_text(prob), "logit": number_text(logit), "pred": int(prob > threshold),
+             **task_columns(task, target, outputs)}
+            for i, label, prob, logit, target, outputs in zip(
+                predictions["index"].tolist(), predictions["label"].tolist(), predictions["prob"].tolist(),
+                predictions["logit"].tolist(), predictions["target"], predictions["outputs"])]
+
+
+def write_predictions_csv(path: Path, rows: Iterable[Mapping[str, Any]], task: LabelTask | None = None) -> Path:
     """Write ``predictions.csv`` with one row per test film: ``PREDICTION_COLUMNS``, the task's columns
     (``task_column_names``), then any other keys of the rows (the cohort's own columns, e.g. ``site``), sorted."""
     rows = list(rows)
@@ -175,14 +140,10 @@ def write_predictions(run_dir: str | Path, rows: Iterable[Mapping[str, Any]],
             out.writeheader()
             out.writerows(rows)
 
-    return atomic_write(Path(run_dir) / PREDICTIONS_FILE, writer)
+    return atomic_write(path, writer)
 
 
-def write_config(run_dir: str | Path, cfg: DictConfig) -> Path:
-    return atomic_write_text(Path(run_dir) / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def write_features(run_dir: str | Path, features: np.ndarray, labels: np.ndarray, image_ids: list[str]) -> Path:
+def write_features_npz(path: Path, features: np.ndarray, labels: np.ndarray, image_ids: list[str]) -> Path:
     """Save the test films' head-input features with their labels and ids."""
 
     def writer(tmp: Path) -> None:
@@ -190,76 +151,4 @@ def write_features(run_dir: str | Path, features: np.ndarray, labels: np.ndarray
             np.savez_compressed(handle, features=features.astype(np.float32), labels=labels,
                                 image_ids=np.array(image_ids))
 
-    return atomic_write(Path(run_dir) / FEATURES_FILE, writer)
-
-
-def write_failure(run_dir: str | Path, info: Mapping[str, Any]) -> Path:
-    return atomic_write_json(Path(run_dir) / FAILED_FILE, dict(info))
-
-
-COMPLETE, STALE, FAILED, INCOMPLETE, EMPTY = "complete", "stale", "failed", "incomplete", "empty"
-
-
-@dataclass(frozen=True)
-class RunStatus:
-    """What a run directory holds: ``complete`` (current results), ``stale`` (results of another config),
-    ``failed`` (the newest attempt failed), ``incomplete`` (started, not finished) or ``empty``."""
-
-    state: str
-    reason: str
-    config_hash: str | None  # the hash of the config that owns the folder (job.json), if any
-    metrics: dict[str, Any] | None = None
-    failure: dict[str, Any] | None = None
-
-    @property
-    def complete(self) -> bool:
-        return self.state == COMPLETE
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return float("-inf")
-
-
-def run_status(run_dir: str | Path) -> RunStatus:
-    """Classify a run directory; results count only when ``metrics.json`` carries the folder's config hash
-    (``job.json``) and no newer failure follows it."""
-    run_dir = Path(run_dir)
-    job, metrics, failure = read_job(run_dir), read_metrics(run_dir), read_failure(run_dir)
-    owner = str(job["config_hash"]) if job and job.get("config_hash") else None
-    if metrics is not None:
-        if owner is None:
-            return RunStatus(STALE, "metrics.json without job.json (written by an earlier version of the suite)",
-                             owner, metrics, failure)
-        if metrics.get("config_hash") != owner:
-            return RunStatus(STALE, f"metrics.json is from config {metrics.get('config_hash')}, but the folder now "
-                                    f"belongs to config {owner} (that run was interrupted, failed or is running)",
-                             owner, metrics, failure)
-        if failure is not None and _mtime(run_dir / FAILED_FILE) >= _mtime(run_dir / METRICS_FILE):
-            return RunStatus(FAILED, f"failed after its results were written: {failure.get('error', '?')}",
-                             owner, metrics, failure)
-        return RunStatus(COMPLETE, "", owner, metrics, failure)
-    if failure is not None and (owner is None or failure.get("config_hash") == owner):
-        return RunStatus(FAILED, str(failure.get("error", "unknown error")), owner, None, failure)
-    if job is not None:
-        return RunStatus(INCOMPLETE, "started but not finished (interrupted or still running)", owner)
-    return RunStatus(EMPTY, "no run here", None)
-
-
-def set_aside(run_dir: str | Path, label: str, names: Iterable[str] = RESULT_FILES) -> Path | None:
-    """Move ``names`` out of ``run_dir`` into ``.superseded/<label>-<time>/`` (nothing is deleted).
-
-    Returns the folder they went to, or None when there was nothing to move.
-    """
-    run_dir = Path(run_dir)
-    present = [run_dir / n for n in names if (run_dir / n).exists()]
-    if not present:
-        return None
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    target = run_dir / SUPERSEDED_DIR / f"{label}-{stamp}-{os.getpid()}"
-    target.mkdir(parents=True, exist_ok=True)
-    for path in present:
-        shutil.move(str(path), str(target / path.name))
-    return target
+    return atomic_write(path, writer)

@@ -15,7 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pneumollm.training.records import FAILED, FAILED_FILE, run_status
+from pneumollm.training.run_folder import FAILED, FAILED_FILE, RunFolder, run_dirs_under
 
 # Failures of the last sweep of this process (run folder, error), read by the console script for its exit code.
 LAST_SWEEP_FAILURES: list[tuple[Path, str]] = []
@@ -49,15 +49,13 @@ def failure_lines(failures: list[tuple[Path, str]], sweep_dir: Path) -> list[str
 
 def failed_since(sweep_dir: Path, since: float) -> list[tuple[Path, str]]:
     """Run folders under ``sweep_dir`` whose newest attempt failed after ``since`` (a time.time() value)."""
-    from pneumollm.analysis.collect import run_dirs_under  # the analysis side lists run folders
-
     if not sweep_dir.is_dir():
         return []
     found = []
     for run_dir in run_dirs_under(sweep_dir):
         failure = run_dir / FAILED_FILE
         if failure.is_file() and failure.stat().st_mtime >= since:
-            status = run_status(run_dir)
+            status = RunFolder(run_dir).status()
             if status.state == FAILED:
                 found.append((run_dir, status.reason))
     return found

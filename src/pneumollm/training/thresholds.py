@@ -3,9 +3,17 @@ patients by Youden's J (``threshold=validation``), never on the test fold."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from pneumollm.errors import ConfigError
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from pneumollm.data.datamodule import CohortDataModule
+    from pneumollm.training.module import ClassificationModule
 
 THRESHOLD_MODES = ("fixed", "validation")
 
@@ -40,3 +48,29 @@ def youden_threshold(labels: np.ndarray, probs: np.ndarray) -> float | None:
     chosen = float(min(cuts[best], 1.0))
     lower = probs[probs < chosen]
     return float((chosen + lower.max()) / 2) if lower.size else float(np.nextafter(chosen, 0.0))
+
+
+def choose_threshold(setting: float | str, tester: L.Trainer, module: ClassificationModule,
+                     datamodule: CohortDataModule, checkpoint: str | None) -> dict[str, Any]:
+    """Record the validation patients' Youden threshold for the tested checkpoint and set the one the test uses.
+
+    With ``threshold=validation`` the test (metrics and each prediction's ``pred``) uses the validation one; it is
+    refused where the validation films are the test fold (``data.selection_split=test_fold_reference``) or lack a
+    class. Returns both cut-offs and which was used, for metrics.json.
+    """
+    mode, fixed = threshold_mode(setting)
+    chosen = None
+    if datamodule.selection_split == "validation" and len(datamodule.datasets.get("val", [])) > 0:
+        module.collect_validation = True
+        try:
+            tester.validate(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+        finally:
+            module.collect_validation = False
+        chosen = youden_threshold(*module.validation_predictions())
+    if mode == "validation" and chosen is None:
+        raise ConfigError("threshold=validation needs validation patients of both classes, apart from the test fold "
+                          "(data.selection_split=validation, data.val_fraction > 0)")
+    used = chosen if mode == "validation" else fixed
+    module.use_test_threshold(used)
+    # unrounded: the calls in predictions.csv (prob > threshold) must follow from the recorded cut-off
+    return {"threshold": used, "threshold_mode": mode, "threshold_fixed": fixed, "threshold_validation": chosen}
