@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pneumollm.analysis.wandb_sync import main as sync_main
 from pneumollm.analysis.wandb_sync import offline_runs
 from pneumollm.cli.aggregate import main as aggregate_main
+from pneumollm.cli.wandb_sync import main as sync_main
 from pneumollm.training.run import run_fold
 from tests.helpers import compose_train, crash_at_epoch, make_toy_manifest, wandb_run_contents
 from tests.test_training import TOY
