@@ -19,14 +19,18 @@ from pneumollm.analysis.auc import binary_metrics
 from pneumollm.analysis.collect import (
     RUNS_SUBDIR,
     AggregationError,
+    ArmRuns,
     Prediction,
     check_complete,
     collect_runs,
+    find_studies,
     split_complete,
 )
 from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_bootstrap_difference
+from pneumollm.analysis.summary import ArmSummary
 from pneumollm.analysis.wording import class_words, common_class_names, probability_name, size_words
-from pneumollm.data.cohort import FilmRecord
+from pneumollm.config import data_slug
+from pneumollm.data.cohort import FilmRecord, read_manifest
 from pneumollm.data.targets import BINARY_CLASSES
 from pneumollm.inference.inputs import InputFilm, prepare_inputs
 from pneumollm.inference.models import TrainedModel, load_trained
@@ -145,9 +149,7 @@ def _fmt(value: float | None) -> str:
 def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecord], reference: str | None,
                    title: str, n_boot: int) -> list[Path]:
     """table.md, table.csv (numbers), predictions.csv (every arm's probability per film) and roc.png."""
-    from pneumollm.analysis.collect import ArmRuns
-    from pneumollm.analysis.figures import plot_roc
-    from pneumollm.analysis.summary import ArmSummary
+    from pneumollm.analysis.figures import plot_roc  # matplotlib and scikit-learn: only when writing
 
     patients = {f.patient_id for f in films}
     rows = []
@@ -210,10 +212,6 @@ def external_validation(table_dir: Path, data: Path, out: Path | None = None, n_
                         progress: bool = True) -> list[Path]:
     """Score every study of ``table_dir`` (one per training cohort) on the external manifest ``data``; writes
     ``<study>/external/<cohort>/`` (or ``out``) and returns the folders written."""
-    from pneumollm.analysis.collect import find_studies
-    from pneumollm.config import data_slug
-    from pneumollm.data.cohort import read_manifest
-
     listing = read_manifest(data)
     for skipped in listing.skipped:
         say(f"[yellow]external film left out: {skipped.image_id}: {skipped.reason}")

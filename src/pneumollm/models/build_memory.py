@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from pneumollm.utils.markdown import markdown_table
+
 PARTS = ("llama", "clip", "tiny_llama")  # tiny_llama: a smoke test of the script itself
 BUILDS = ("plain", "meta", "nf4", "int8", "pretrained", "pretrained_fp16")
 WORKER = "from pneumollm.models.build_memory import worker; worker()"  # a child process's program (python -c)
@@ -145,8 +147,6 @@ def measure(parts: Sequence[str], builds: Sequence[str], layers: Sequence[int]) 
 def report(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the rows and, per (part, build), the per-layer slope between the fewest and most layers."""
     mib = lambda n: f"{n / 2**20:,.0f}"
-    from pneumollm.utils.markdown import markdown_table
-
     header = ["part", "build", "layers", "build's peak RSS MiB", "resident after reading every weight MiB",
               "tensors kept MiB", "process ru_maxrss MiB", "build s"]
     body = [[r["part"], r["build"], r["layers"], mib(r["peak_above_before_bytes"]),
