@@ -5,7 +5,6 @@ no imports go round in a cycle, and every console script is a function in ``pneu
 from __future__ import annotations
 
 import ast
-import importlib
 from pathlib import Path
 
 import pytest
@@ -192,10 +191,12 @@ def test_every_console_script_is_a_main_in_cli() -> None:
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert {"pneumollm-param-count", "pneumollm-arm-param-count", "pneumollm-build-memory", "pneumollm-eval-lungs",
             "pneumollm-wandb-sync", "pneumollm-aggregate", "pneumollm-compare"} <= set(scripts)
+    modules = module_files(PACKAGE_DIR)
     for script, target in scripts.items():
         module, _, function = target.partition(":")
         assert module.startswith("pneumollm.cli.") and function == "main", f"{script} = {target}"
-        assert callable(getattr(importlib.import_module(module), function)), f"{script} = {target}"
+        tree = ast.parse(modules[module].read_text(encoding="utf-8"))  # read, not imported: no torch to load
+        assert "main" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, f"{script} = {target}"
 
 
 def test_only_cli_modules_run_as_scripts() -> None:
