@@ -69,7 +69,7 @@ external: install
 # Upload the offline W&B runs of a table (every arm, fold and cohort, and the aggregate runs): make sync TABLE=table6
 TABLE ?=
 sync: install
-	$(BIN)/python -m pneumollm.analysis.wandb_sync $(if $(TABLE),$(RESULTS)/$(TABLE),$(OUT)/demo)
+	$(BIN)/pneumollm-wandb-sync $(if $(TABLE),$(RESULTS)/$(TABLE),$(OUT)/demo)
 
 # Wheels for an offline machine (docs/weights.md, "An offline GPU server"): only what its `pip freeze` (HAVE)
 # lacks, for its Python (WHEEL_PYTHON); without HAVE, a typical PyTorch GPU machine's stack is assumed present.

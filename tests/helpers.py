@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PNEUMOLLM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -32,30 +35,46 @@ def pydicom_test_file(name: str) -> Path:
     return Path(path)
 
 
+def write_cohort(root: Path, films: Iterable[tuple[str, np.ndarray | None, Sequence[object]]],
+                 header: Sequence[str] = ("path", "patient_id", "label"), manifest: str = "manifest.csv") -> Path:
+    """Write a cohort as the suite reads it: each film ``(path, pixels, other cells)`` as an 8-bit PNG at ``path``
+    (relative to ``root``; ``pixels`` None lists a film that does not exist) and one manifest row ``path,cells``
+    under ``header``; returns the manifest. The one place the tests write films and their manifest."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = [",".join(header)]
+    for name, pixels, cells in films:
+        if pixels is not None:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(root / name)
+        rows.append(",".join(map(str, [name, *cells])))
+    path = root / manifest
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _dotted_film(rng: np.random.Generator, size: int, dots: int) -> np.ndarray:
+    """A grey noise film with ``dots`` bright 4x4 squares (the toy cohorts' finding)."""
+    film = rng.normal(90, 12, (size, size))
+    for _ in range(dots):
+        r, c = rng.integers(2, size - 2, 2)
+        film[r - 2:r + 2, c - 2:c + 2] += 120
+    return film
+
+
 def make_toy_manifest(root: Path, n_patients: int = 20, films_per_patient: int = 1, size: int = 48,
                       positive_every: int = 2, seed: int = 0) -> Path:
-    """Write a toy cohort of PNG films (positives carry bright dots) and its manifest; returns the manifest."""
-    import numpy as np
-    from PIL import Image
-
+    """Write a toy cohort of PNG films (positives carry bright dots) and its manifest; returns the manifest.
+    Tests that only read a cohort take it from the session's ``toy_cohort`` fixture (conftest.py)."""
     rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    rows = ["path,patient_id,label"]
-    for p in range(n_patients):
-        label = int(p % positive_every == 0)
-        for k in range(films_per_patient):
-            film = rng.normal(90, 12, (size, size))
-            if label:
-                for _ in range(6):
-                    r, c = rng.integers(2, size - 2, 2)
-                    film[r - 2:r + 2, c - 2:c + 2] += 120
-            name = f"films/p{p:03d}_{k}.png"
-            (root / "films").mkdir(exist_ok=True)
-            Image.fromarray(np.clip(film, 0, 255).astype("uint8")).save(root / name)
-            rows.append(f"{name},P{p:03d},{'pneumoconiosis' if label else 'normal'}")
-    manifest = root / "manifest.csv"
-    manifest.write_text("\n".join(rows) + "\n")
-    return manifest
+
+    def films():
+        for p in range(n_patients):
+            label = int(p % positive_every == 0)
+            for k in range(films_per_patient):
+                film = _dotted_film(rng, size, 6 if label else 0)
+                yield f"films/p{p:03d}_{k}.png", film, (f"P{p:03d}", "pneumoconiosis" if label else "normal")
+
+    return write_cohort(root, films())
 
 
 def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train",
@@ -217,27 +236,18 @@ def make_staged_manifest(root: Path, patients_per_stage: int = 4, size: int = 40
     """A toy cohort of PNG films whose ILO stage (0-3, written as 0/I/II/III) sets how many bright dots a film
     carries, with two co-finding columns (``tb`` on every other patient, ``emphysema`` on every third) and a
     ``pneumoconiosis`` 0/1 column; returns the manifest (``path,patient_id,label,...``)."""
-    import numpy as np
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
-    (root / "films").mkdir(parents=True, exist_ok=True)
-    header = "path,patient_id,label" + (",pneumoconiosis,tb,emphysema" if findings else "")
-    rows = [header]
+    header = ["path", "patient_id", "label", *(["pneumoconiosis", "tb", "emphysema"] if findings else [])]
     roman = ["0", "I", "II", "III"]
-    for p in range(4 * patients_per_stage):
-        stage = p % 4
-        film = rng.normal(90, 12, (size, size))
-        for _ in range(5 * stage):
-            r, c = rng.integers(2, size - 2, 2)
-            film[r - 2:r + 2, c - 2:c + 2] += 120
-        name = f"films/p{p:03d}.png"
-        Image.fromarray(np.clip(film, 0, 255).astype("uint8")).save(root / name)
-        extra = f",{int(stage >= 1)},{int(p % 2 == 0)},{int(p % 3 == 0)}" if findings else ""
-        rows.append(f"{name},P{p:03d},{roman[stage]}{extra}")
-    manifest = root / "manifest.csv"
-    manifest.write_text("\n".join(rows) + "\n")
-    return manifest
+
+    def films():
+        for p in range(4 * patients_per_stage):
+            stage = p % 4
+            film = _dotted_film(rng, size, 5 * stage)
+            extra = [int(stage >= 1), int(p % 2 == 0), int(p % 3 == 0)] if findings else []
+            yield f"films/p{p:03d}.png", film, (f"P{p:03d}", roman[stage], *extra)
+
+    return write_cohort(root, films(), header)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

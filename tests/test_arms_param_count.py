@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pneumollm.models.arm_param_count import build_full_on_meta, count_arm, format_table, full_size_trainable, main
+from pneumollm.cli.arm_param_count import main
+from pneumollm.models.arm_param_count import build_full_on_meta, count_arm, format_table, full_size_trainable
 from tests.helpers import markdown_rows
 
 # arm -> (trainable, total) of the full size with two classes; see docs/arms.md for the arithmetic.

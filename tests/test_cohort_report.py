@@ -6,22 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from pneumollm.data.cohort import Skipped, read_manifest
 from pneumollm.data.cohort_report import count_reasons, no_usable_films, summary_lines
 from pneumollm.data.lungs.base import NoSegmenter
 from pneumollm.data.preprocess import PreparedCohort, PreprocessSettings, prepare_cohort
+from tests.helpers import write_cohort
 
 
 def test_small_films_are_counted_as_one_reason_and_the_setting_that_admits_them_is_named(tmp_path: Path) -> None:
-    (tmp_path / "films").mkdir()
-    rows = ["path,patient_id,label"]
-    for k, (w, h) in enumerate([(40, 50), (48, 30), (60, 60)]):
-        Image.fromarray(np.full((h, w), 90, np.uint8)).save(tmp_path / "films" / f"f{k}.png")
-        rows.append(f"films/f{k}.png,P{k},{k % 2}")
-    rows.append("films/gone.png,P9,1")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    films = [(f"films/f{k}.png", np.full((h, w), 90, np.uint8), (f"P{k}", k % 2))
+             for k, (w, h) in enumerate([(40, 50), (48, 30), (60, 60)])]
+    write_cohort(tmp_path, [*films, ("films/gone.png", None, ("P9", 1))], manifest="m.csv")  # gone: never written
     listing = read_manifest(tmp_path / "m.csv")
     cohort = prepare_cohort(listing, tmp_path / "prepared", PreprocessSettings(image_size=32, min_size=64),
                             NoSegmenter, workers=1, progress=False)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_toy_manifest, subprocess_env
+from tests.helpers import subprocess_env
 from tests.test_training import TOY
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def manifest(toy_cohort) -> Path:
     # 23 patients: a test fold whose size does not divide by two processes (padding would show)
-    return make_toy_manifest(tmp_path_factory.mktemp("toy"), n_patients=23, films_per_patient=1, size=40)
+    return toy_cohort(n_patients=23, films_per_patient=1, size=40)
 
 
 def test_ddp_on_two_cpu_processes_tests_every_film_once_and_writes_once(manifest: Path, tmp_path: Path) -> None:

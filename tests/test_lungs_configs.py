@@ -13,7 +13,7 @@ from pneumollm.data.lungs.chexmask import rle_encode
 from pneumollm.data.lungs.crop import crop_to_lungs
 from pneumollm.data.lungs.phantom import drawn_chest
 from pneumollm.data.lungs.unet import LungUNet
-from pneumollm.models.components.pretrained import WeightsNotFoundError
+from pneumollm.errors import WeightsNotFoundError
 from pneumollm.paths import conf_dir
 
 CONF = conf_dir() / "lungs"

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumollm.data.lungs.evaluate import find_pairs, main, run
+from pneumollm.cli.eval_lungs import main, run
+from pneumollm.data.lungs.evaluate import find_pairs
 from pneumollm.data.lungs.phantom import drawn_chest
 from pneumollm.data.lungs.unet import LungUNet
 

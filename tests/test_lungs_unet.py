@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pneumollm.data.lungs.unet import LungUNet, UNetSegmenter, load_unet_weights
-from pneumollm.models.components.pretrained import WeightsNotFoundError
+from pneumollm.errors import WeightsNotFoundError
 from tests.helpers import shared_path
 
 # Written from ../shared/data/hybridgnet-unet/README.md: (level, input channels, output channels).

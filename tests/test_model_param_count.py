@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pneumollm.cli.param_count import main
 from pneumollm.models.param_count import (
     PAPER_CHOICES,
     PAPER_TRAINABLE,
@@ -12,7 +13,6 @@ from pneumollm.models.param_count import (
     compose_model_config,
     full_size_counts,
     full_size_model,
-    main,
     offline_architecture_overrides,
     weight_bytes,
 )

@@ -14,7 +14,7 @@ from pneumollm.errors import ConfigError
 from pneumollm.models.base import FrozenPrefix, ImageClassifier
 from pneumollm.training.prefix_cache import PrefixFeatureCache, plan_prefix_cache, prefix_key
 from pneumollm.training.run import run_fold
-from tests.helpers import build_model_config, compose_train, make_toy_manifest
+from tests.helpers import build_model_config, compose_train
 
 BASE = ["data=manifest", "lungs=none", "trainer=cpu", "logger=none", "data.progress=false",
         "data.preprocess_workers=1", "data.num_folds=3", "data.batch_size=8", "callbacks.progress=null",
@@ -22,8 +22,8 @@ BASE = ["data=manifest", "lungs=none", "trainer=cpu", "logger=none", "data.progr
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_toy_manifest(tmp_path_factory.mktemp("toy"), n_patients=15, films_per_patient=1, size=64)
+def manifest(toy_cohort) -> Path:
+    return toy_cohort(n_patients=15, films_per_patient=1, size=64)
 
 
 def _run(manifest: Path, root: Path, *extra: str) -> dict:

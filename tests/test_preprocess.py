@@ -13,7 +13,7 @@ import pneumollm.data.preprocess as preprocess
 from pneumollm.data.cohort import read_manifest
 from pneumollm.data.lungs.base import NoSegmenter
 from pneumollm.data.preprocess import PreprocessSettings, prepare_cohort, read_cohort_index
-from tests.helpers import make_toy_manifest
+from tests.helpers import make_toy_manifest, write_cohort
 
 TOY_SIZE = 64  # the smallest film the default settings accept (PreprocessSettings.min_size)
 
@@ -95,13 +95,10 @@ def test_a_known_bad_file_is_reported_again_without_decoding(tmp_path: Path, mon
 
 def test_films_below_the_minimum_size_are_skipped_naming_their_size(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    films = tmp_path / "c" / "films"
-    films.mkdir(parents=True)
     sizes = {"tall.png": (500, 40), "short.png": (63, 200), "square.png": (64, 64), "big.png": (80, 120)}  # (h, w)
-    for name, shape in sizes.items():
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)).save(films / name)
-    manifest = tmp_path / "c" / "manifest.csv"
-    manifest.write_text("path,patient_id,label\n" + "".join(f"films/{n},P{i},{i % 2}\n" for i, n in enumerate(sizes)))
+    films = [(f"films/{name}", np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8), (f"P{i}", i % 2))
+             for i, (name, shape) in enumerate(sizes.items())]
+    manifest = write_cohort(tmp_path / "c", films)
     cohort = _prepare(manifest, tmp_path / "prep")
     assert sorted(f.image_id for f in cohort.films) == ["films/big.png", "films/square.png"]
     assert {s.image_id: s.reason for s in cohort.skipped} == {

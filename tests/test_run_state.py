@@ -22,13 +22,13 @@ from filelock import FileLock
 from pneumollm.analysis.collect import check_complete, collect_runs
 from pneumollm.training.run import JobLockedError, run_fold
 from pneumollm.training.run_folder import RunFolder
-from tests.helpers import compose_train, crash_at_epoch, make_toy_manifest, subprocess_env
+from tests.helpers import compose_train, crash_at_epoch, subprocess_env
 from tests.test_training import TOY
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_toy_manifest(tmp_path_factory.mktemp("toy"), n_patients=18, films_per_patient=2, size=40)
+def manifest(toy_cohort) -> Path:
+    return toy_cohort(n_patients=18, films_per_patient=2, size=40)
 
 
 def _cfg(manifest: Path, root: Path, *extra: str, run_dir: Path | None = None):

@@ -265,8 +265,8 @@ TOY = ["data=manifest", "lungs=none", "data.progress=false", "data.preprocess_wo
 
 
 @pytest.fixture(scope="module")
-def staged_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_staged_manifest(tmp_path_factory.mktemp("staged"), patients_per_stage=6)
+def staged_manifest(toy_cohort) -> Path:
+    return toy_cohort(staged=True, patients_per_stage=6)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 
 from pneumollm.config import register_resolvers
 from pneumollm.paths import conf_dir, experiments_dir
-from tests.helpers import make_toy_manifest, subprocess_env
+from tests.helpers import subprocess_env
 
 SWEEPS = sorted(p.stem for p in experiments_dir().glob("*.yaml"))
 
@@ -49,13 +49,9 @@ def test_every_arm_of_every_sweep_composes_and_builds(sweep: str, arm: str) -> N
     assert sum(p.numel() for p in net.parameters()) > 0
 
 
-def _toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_toy_manifest(tmp_path_factory.mktemp("toy"), n_patients=8, size=40)
-
-
 @pytest.fixture(scope="module")
-def toy_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _toy(tmp_path_factory)
+def toy_manifest(toy_cohort) -> Path:
+    return toy_cohort(n_patients=8, size=40)
 
 
 def _toy_overrides(manifest: Path, root: Path) -> list[str]:

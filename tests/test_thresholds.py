@@ -13,7 +13,7 @@ from pneumollm.errors import ConfigError
 from pneumollm.training import thresholds as thresholds_module
 from pneumollm.training.run import run_fold
 from pneumollm.training.thresholds import threshold_mode, youden_threshold
-from tests.helpers import compose_train, make_toy_manifest
+from tests.helpers import compose_train
 from tests.test_training import TOY
 
 
@@ -36,8 +36,8 @@ def test_threshold_settings_are_checked() -> None:
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_toy_manifest(tmp_path_factory.mktemp("toy"), n_patients=24, films_per_patient=1, size=40)
+def manifest(toy_cohort) -> Path:
+    return toy_cohort(n_patients=24, films_per_patient=1, size=40)
 
 
 def _cfg(manifest: Path, root: Path, *extra: str):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pneumollm.training.run import run_fold
-from tests.helpers import compose_train, crash_at_epoch, make_toy_manifest
+from tests.helpers import compose_train, crash_at_epoch
 
 TOY = ["data=manifest", "lungs=none", "model=timm_resnet18", "trainer=cpu", "logger=csv", "data.image_size=32",
        "data.progress=false", "data.preprocess_workers=1", "data.min_film_size=16", "data.num_folds=3",
@@ -20,8 +20,8 @@ TOY = ["data=manifest", "lungs=none", "model=timm_resnet18", "trainer=cpu", "log
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_toy_manifest(tmp_path_factory.mktemp("toy"), n_patients=18, films_per_patient=2, size=40)
+def manifest(toy_cohort) -> Path:
+    return toy_cohort(n_patients=18, films_per_patient=2, size=40)
 
 
 def _cfg(manifest: Path, root: Path, *extra: str):

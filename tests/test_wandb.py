@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from pneumollm.analysis.wandb_sync import main as sync_main
 from pneumollm.analysis.wandb_sync import offline_runs
 from pneumollm.cli.aggregate import main as aggregate_main
+from pneumollm.cli.wandb_sync import main as sync_main
 from pneumollm.training.run import run_fold
-from tests.helpers import compose_train, crash_at_epoch, make_toy_manifest, wandb_records, wandb_run_contents
+from tests.helpers import compose_train, crash_at_epoch, wandb_records, wandb_run_contents
 from tests.test_training import TOY
 
 WANDB = [o if o != "logger=csv" else "logger=wandb" for o in TOY]
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_toy_manifest(tmp_path_factory.mktemp("toy"), n_patients=18, films_per_patient=1, size=40)
+def manifest(toy_cohort) -> Path:
+    return toy_cohort(n_patients=18, films_per_patient=1, size=40)
 
 
 def _cfg(manifest: Path, root: Path, fold: int = 0, *extra: str):

@@ -23,6 +23,15 @@ class ConfigError(UserError, ValueError):
     """A setting that cannot be used as given (names the key and the allowed values)."""
 
 
+class WeightsNotFoundError(UserError, FileNotFoundError):
+    """Raised when pretrained weights are neither a local folder nor reachable on the hub."""
+
+
+class WeightsMismatchError(UserError, ValueError):
+    """Raised when a checkpoint is not the model it is loaded into: another architecture, or tensors missing,
+    unexpected or of another shape. Loading on regardless would run on random weights."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message says where it stopped and how to go on."""
 

@@ -26,8 +26,3 @@ def experiments_dir() -> Path:
     """The folder of sweep files, one per paper table or figure (the package's, or ``$PNEUMOLLM_EXPERIMENTS``)."""
     return Path(os.environ.get("PNEUMOLLM_EXPERIMENTS", PACKAGE_DIR / "experiments"))
 
-
-if __name__ == "__main__":  # python -m pneumollm.paths [conf|experiments]: for --config-dir outside a checkout
-    import sys
-
-    print(experiments_dir() if sys.argv[1:] == ["experiments"] else conf_dir())

@@ -33,10 +33,14 @@ from pneumollm.analysis.tables import (
     row_cells,
     write_table,
 )
+from pneumollm.analysis.task_figures import plot_confusion_matrices, plot_output_rocs
 from pneumollm.analysis.wording import class_words, common_class_names, probability_name, size_words
+from pneumollm.data.preprocess import read_cohort_index
 from pneumollm.data.targets import BINARY_CLASSES
+from pneumollm.paths import conf_dir
 from pneumollm.training.run_folder import CONFIG_FILE, FEATURES_FILE
 from pneumollm.utils.console import make_console
+from pneumollm.utils.io import atomic_write_json, sha256_file, sha256_json
 from pneumollm.utils.quiet import quiet_wandb
 
 
@@ -137,8 +141,6 @@ def _cohort_files(arms: list[ArmRuns]) -> dict[str, Path]:
         if not cohort:
             continue
         try:
-            from pneumollm.data.preprocess import read_cohort_index
-
             return {film.image_id: Path(cohort) / film.file for film in read_cohort_index(cohort)}
         except FileNotFoundError:
             continue
@@ -170,9 +172,6 @@ def _count_cache_path() -> Path:
 
 def _count_key(arm: str) -> str:
     """What an arm's full-size count depends on: its name, every config, the model code."""
-    from pneumollm.paths import conf_dir
-    from pneumollm.utils.io import sha256_file, sha256_json
-
     models = Path(__file__).resolve().parents[1] / "models"
     files = sorted([*conf_dir().rglob("*.yaml"), *models.rglob("*.py")])
     return sha256_json({"arm": arm, "files": {str(f.name): sha256_file(f) for f in files}})[:24]
@@ -184,8 +183,6 @@ def _full_size_or_none(console: Console) -> Callable[[str], int | None]:
     Counts are kept in ``~/.cache/pneumollm/full_size_trainable.json`` keyed by the configs and the model code,
     so a later aggregation neither imports torch nor builds models (a few seconds per table otherwise).
     """
-    from pneumollm.utils.io import atomic_write_json
-
     path = _count_cache_path()
     try:
         cache = json.loads(path.read_text())
@@ -330,8 +327,6 @@ def table_figures(ordered: list[ArmRuns], rows: list[TableRow], out_dir: Path, t
                                  f"{table}: t-SNE of head-input features, fold {fold}'s test films "
                                  f"(each arm's fold-{fold} model)", class_names=names))
     if any(s.task is not None for s in summaries):
-        from pneumollm.analysis.task_figures import plot_confusion_matrices, plot_output_rocs
-
         staged = plot_confusion_matrices(summaries, out_dir / "confusion.png",
                                          f"{table}: pooled out-of-fold confusion matrices")
         what = "stage" if staged is not None else "finding"
@@ -368,8 +363,6 @@ def _numeric_rows(path: Path) -> tuple[list[str], list[list[Any]]]:
 
 def aggregate_run_id(table: str, config: DictConfig | None) -> str:
     """The W&B id of a table's aggregate run: one per (table, size, cohort), so re-aggregating updates it."""
-    from pneumollm.utils.io import sha256_json
-
     size = OmegaConf.select(config, "size_name", default="?") if config is not None else "?"
     cohort = OmegaConf.select(config, "data.cohort", default="?") if config is not None else "?"
     return f"aggregate-{sha256_json([table, size, cohort])[:12]}"

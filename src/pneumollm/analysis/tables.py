@@ -15,6 +15,7 @@ from pneumollm.analysis.calibration import table_values as calibration_values
 from pneumollm.analysis.collect import ArmRuns
 from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_difference
 from pneumollm.analysis.summary import METRICS, ArmSummary, calibration_sections, summarise_arm, task_sections
+from pneumollm.analysis.task_summary import metric_names
 from pneumollm.utils.io import atomic_write, atomic_write_text
 from pneumollm.utils.markdown import markdown_table
 
@@ -191,8 +192,6 @@ def task_csv_columns(rows: list[TableRow]) -> list[str]:
     tasks = [r.summary.task for r in rows if r.summary.task is not None]
     if not tasks:
         return []
-    from pneumollm.analysis.task_summary import metric_names
-
     return [f"{m}_{stat}" for m in metric_names(tasks[0].task)
             for stat in ("mean", "std", "pooled", "pooled_ci_low", "pooled_ci_high")]
 
@@ -202,8 +201,6 @@ def task_values(row: TableRow) -> dict[str, float | str]:
     t = row.summary.task
     if t is None:
         return {}
-    from pneumollm.analysis.task_summary import metric_names
-
     values: dict[str, float | str] = {}
     for m in metric_names(t.task):
         pooled = t.pooled[m]

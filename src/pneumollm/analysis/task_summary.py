@@ -18,6 +18,7 @@ from pneumollm.analysis.collect import ArmRuns
 from pneumollm.analysis.stats import Interval, bootstrap_by_patient, rank_auc
 from pneumollm.data.targets import MULTICLASS, LabelTask
 from pneumollm.training.prediction_metrics import stage_confusion, task_metrics
+from pneumollm.utils.markdown import markdown_table
 
 STAGE_SUMMARY = ("stage_accuracy", "macro_auc", "kappa")
 FINDING_SUMMARY = ("macro_auc", "micro_auc")
@@ -205,8 +206,6 @@ def output_rows(labelled: Sequence[tuple[str, TaskSummary]]) -> list[dict[str, s
 
 def confusion_lines(label: str, s: TaskSummary) -> list[str]:
     """A Markdown table of an arm's pooled confusion matrix (rows: true stage, columns: most probable stage)."""
-    from pneumollm.utils.markdown import markdown_table
-
     if s.confusion is None:
         return []
     header = ["true \\ called", *s.task.classes]
@@ -221,8 +220,6 @@ KIND_HEADERS = {"sensitivity": "Sens.", "specificity": "Spec.", "auc": "AUC"}
 
 def markdown_sections(labelled: Sequence[tuple[str, TaskSummary]]) -> list[str]:
     """The task's sections of summary.md and table.md: headline figures, per-output figures, confusion matrices."""
-    from pneumollm.utils.markdown import markdown_table
-
     if not labelled:
         return []
     task = labelled[0][1].task

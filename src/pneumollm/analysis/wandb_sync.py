@@ -1,13 +1,8 @@
-"""``python -m pneumollm.analysis.wandb_sync FOLDER...``: upload every offline W&B run under the folders.
-
-``make sync TABLE=table6`` calls it on ``results/table6``: the fold runs of every arm and cohort and the aggregate
-runs (one per table, size and cohort). Runs with the same id (a resumed fold, a re-aggregated table) are sent in
-the order they were written, so W&B continues the one run.
-"""
+"""Uploading offline W&B runs: find every offline run under some folders (oldest first) and hand them to
+``wandb sync``. The console script is ``pneumollm-wandb-sync`` (``pneumollm.cli.wandb_sync``)."""
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -20,26 +15,7 @@ def offline_runs(folders: list[Path]) -> list[Path]:
     return sorted(found, key=lambda run: (run.name.split("-")[2], str(run)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pneumollm.analysis.wandb_sync", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="+", type=Path)
-    parser.add_argument("--dry-run", action="store_true", help="list the runs instead of uploading them")
-    args = parser.parse_args(argv)
-    missing = [f for f in args.folders if not f.is_dir()]
-    if missing:
-        print(f"error: {', '.join(map(str, missing))}: folder not found", file=sys.stderr)
-        return 2
-    runs = offline_runs(args.folders)
-    if not runs:
-        print(f"error: no offline W&B runs under {', '.join(map(str, args.folders))}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print("\n".join(map(str, runs)))
-        return 0
+def sync_runs(runs: list[Path]) -> int:
+    """Upload ``runs`` in the order given with the ``wandb`` command next to this Python; its exit status."""
     wandb = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
     return subprocess.run([wandb, "sync", *map(str, runs)]).returncode
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pneumollm.errors import user_errors_exit
+from pneumollm.errors import UserError, user_errors_exit
 from pneumollm.utils.console import make_console, say
 
 
@@ -59,7 +59,6 @@ def predict(args: argparse.Namespace) -> int:
     """Load the model, prepare the films as in training, predict, write the CSV (and the explanations)."""
     import numpy as np
 
-    from pneumollm.errors import UserError
     from pneumollm.inference.inputs import gather_inputs, prepare_inputs, write_rows
     from pneumollm.inference.models import load_trained
     from pneumollm.inference.predict import FIRST_COLUMNS, fold_scores, pick_device, prediction_rows

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumollm.training.losses import ClassificationLoss, MultiLabelBCELoss
 from pneumollm.utils.io import atomic_write
 
 Probability = Callable[[torch.Tensor], torch.Tensor]
@@ -120,8 +121,6 @@ def log_probabilities(loss: Any, logits: torch.Tensor) -> tuple[torch.Tensor, to
     """(log p, log(1 - p)) of P(pneumoconiosis) straight from the logits, for the suite's losses (a softmax summed
     over ``positive_columns``, or one sigmoid per output, as ``positive_probability`` defines p); None for a loss
     whose p is defined otherwise."""
-    from pneumollm.training.losses import ClassificationLoss, MultiLabelBCELoss
-
     own = type(loss).positive_probability if isinstance(loss, ClassificationLoss) else None
     if isinstance(loss, MultiLabelBCELoss) and own is MultiLabelBCELoss.positive_probability:
         column = logits[:, loss.positive_index]
@@ -137,8 +136,6 @@ def log_probabilities(loss: Any, logits: torch.Tensor) -> tuple[torch.Tensor, to
 def _exact_log_odds(probability: Probability) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """logits -> log-odds without going through p, for the probabilities the suite knows: the default softmax
     and a training loss's ``positive_probability`` (see :func:`log_probabilities`); None for others."""
-    from pneumollm.training.losses import ClassificationLoss
-
     if probability is softmax_probability:
         loss: Any = ClassificationLoss()
     else:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumollm.data.films import decode_film
 from pneumollm.inference.explain import attribution_maps, forward_passes, log_probabilities, write_explanation
 from pneumollm.inference.inputs import InputFilm, write_rows
 from pneumollm.inference.models import TrainedModel
@@ -92,8 +93,6 @@ def explain_films(model: TrainedModel, films: Sequence[InputFilm], probs: np.nda
     explanation fails (its source vanished since it was predicted, say) is listed with the reason; the others
     are still written.
     """
-    from pneumollm.data.films import decode_film
-
     forward_passes(method, **options)  # a bad method or option fails here, not once per film
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,14 +20,18 @@ from pneumollm.analysis.calibration import EXTERNAL_COLUMNS as CALIBRATION_COLUM
 from pneumollm.analysis.collect import (
     RUNS_SUBDIR,
     AggregationError,
+    ArmRuns,
     Prediction,
     check_complete,
     collect_runs,
+    find_studies,
     split_complete,
 )
 from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_bootstrap_difference
+from pneumollm.analysis.summary import ArmSummary
 from pneumollm.analysis.wording import class_words, common_class_names, probability_name, size_words
-from pneumollm.data.cohort import FilmRecord
+from pneumollm.config import data_slug
+from pneumollm.data.cohort import FilmRecord, read_manifest
 from pneumollm.data.targets import BINARY_CLASSES
 from pneumollm.inference.inputs import InputFilm, prepare_inputs
 from pneumollm.inference.models import TrainedModel, load_trained
@@ -150,9 +154,7 @@ def write_external(out_dir: Path, arms: list[ExternalArm], films: list[FilmRecor
     calibration figures (calibration.png, decision_curve.png and .csv)."""
     from pneumollm.analysis.calibration import external_values, markdown_section, summarise_calibration
     from pneumollm.analysis.calibration_figures import write_calibration_outputs
-    from pneumollm.analysis.collect import ArmRuns
     from pneumollm.analysis.figures import plot_roc
-    from pneumollm.analysis.summary import ArmSummary
 
     patients = {f.patient_id for f in films}
     labels, film_patients = [f.label for f in films], [f.patient_id for f in films]
@@ -221,10 +223,6 @@ def external_validation(table_dir: Path, data: Path, out: Path | None = None, n_
                         progress: bool = True) -> list[Path]:
     """Score every study of ``table_dir`` (one per training cohort) on the external manifest ``data``; writes
     ``<study>/external/<cohort>/`` (or ``out``) and returns the folders written."""
-    from pneumollm.analysis.collect import find_studies
-    from pneumollm.config import data_slug
-    from pneumollm.data.cohort import read_manifest
-
     listing = read_manifest(data)
     for skipped in listing.skipped:
         say(f"[yellow]external film left out: {skipped.image_id}: {skipped.reason}")

@@ -22,6 +22,7 @@ from pneumollm.data.dicom import UnreadableImageError
 from pneumollm.data.film_source import FilmSource, film_source, is_film_candidate
 from pneumollm.data.preprocess import PreprocessSettings, process_film
 from pneumollm.errors import UserError
+from pneumollm.utils.io import atomic_write
 from pneumollm.utils.progress import progress_bar
 
 
@@ -158,8 +159,6 @@ def prepare_inputs(films: list[InputFilm], settings: PreprocessSettings, progres
 
 def write_rows(path: Path, rows: list[dict[str, Any]], first: Sequence[str]) -> Path:
     """Write ``rows`` as CSV: the ``first`` columns, then the others in order of appearance (atomically)."""
-    from pneumollm.utils.io import atomic_write
-
     columns = list(first) + [k for k in dict.fromkeys(k for row in rows for k in row) if k not in first]
 
     def writer(tmp: Path) -> None:

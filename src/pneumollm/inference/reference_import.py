@@ -18,8 +18,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pneumollm.config import register_resolvers
+from pneumollm.errors import ConfigError
 from pneumollm.inference.export import export_record, write_fold, write_record
 from pneumollm.inference.models import build_net
+from pneumollm.models.components.frozen import frozen_tensor_fingerprints
 from pneumollm.models.weights.reference_checkpoint import (
     REFERENCE_QUIRKS,
     ReferenceCheckpoint,
@@ -30,6 +33,7 @@ from pneumollm.models.weights.reference_checkpoint import (
     map_reference_state,
     reference_settings,
 )
+from pneumollm.paths import conf_dir
 from pneumollm.utils.console import say
 from pneumollm.utils.io import sha256_file
 
@@ -77,10 +81,6 @@ def compose_import_config(overrides: Sequence[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from pneumollm.config import register_resolvers
-    from pneumollm.errors import ConfigError
-    from pneumollm.paths import conf_dir
 
     register_resolvers()
     try:
@@ -141,8 +141,6 @@ def import_reference(checkpoints: Sequence[str | Path], out_dir: str | Path, *, 
     for fold, (path, checkpoint, settings, config, weights) in enumerate(prepared):
         prints = None
         if fingerprint:
-            from pneumollm.models.components.frozen import frozen_tensor_fingerprints
-
             say(f"fold {fold}: loading the base weights to fingerprint them (minutes at full size)")
             net, _ = build_net(config, weights, path, torch.device("cpu"))
             prints = frozen_tensor_fingerprints(net)

@@ -1,14 +1,13 @@
 """Full-size parameter counts of the comparison arms, built on the meta device (no memory, no download).
 
-``python -m pneumollm.models.arm_param_count`` prints each arm's trainable and total parameters next to
-the paper's L-para column (Tables 2 and 3). Every arm is built from the ``full`` entry of its
+``pneumollm-arm-param-count`` (``pneumollm.cli.arm_param_count``) prints each arm's trainable and total parameters
+next to the paper's L-para column (Tables 2 and 3). Every arm is built from the ``full`` entry of its
 ``conf/model/<arm>.yaml``; the CLIP arms get a ViT-L/14 CLIPModel built from a built-in config and the
 tiny tokenizer (tokens only shape buffers here, they never run).
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +18,10 @@ from transformers import CLIPModel
 
 from pneumollm.config import register_resolvers
 from pneumollm.models.base import ImageClassifier
+from pneumollm.models.param_count import build_model, offline_architecture_overrides
 from pneumollm.models.tiny_text import build_tiny_clip_tokenizer, build_tiny_llama_tokenizer, clip_vit_l14_config
 from pneumollm.paths import conf_dir
+from pneumollm.utils.markdown import markdown_table
 
 DEFAULT_CONFIG_DIR = conf_dir() / "model"
 
@@ -107,9 +108,6 @@ def full_size_trainable(arm: str, conf_dir: Path = DEFAULT_CONFIG_DIR.parent) ->
         return None
     from hydra import compose, initialize_config_dir
 
-    from pneumollm.config import register_resolvers
-    from pneumollm.models.param_count import build_model, offline_architecture_overrides
-
     register_resolvers()
     overrides = [f"arm={arm}", "size=full"]
     with initialize_config_dir(str(Path(conf_dir).resolve()), version_base=None):
@@ -120,8 +118,6 @@ def full_size_trainable(arm: str, conf_dir: Path = DEFAULT_CONFIG_DIR.parent) ->
 
 def format_table(counts: list[ArmCount]) -> str:
     """A Markdown table: arm, paper row, paper L-para, our trainable and total counts, published form."""
-    from pneumollm.utils.markdown import markdown_table
-
     rows = []
     for c in counts:
         paper = "-" if c.paper_millions is None else f"{c.paper_millions:g}"
@@ -131,16 +127,3 @@ def format_table(counts: list[ArmCount]) -> str:
     header = ["arm", "paper row", "paper L-para (M)", "trainable (ours)", "trainable (M)", "total (ours)",
               "published form (M)"]
     return markdown_table(header, rows, align=["left", "left"] + ["right"] * 5)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR)
-    parser.add_argument("arms", nargs="*", help="arms to count (default: all)")
-    args = parser.parse_args(argv)
-    arms = args.arms or list(ARM_ROWS)
-    print(format_table([count_arm(arm, args.config_dir) for arm in arms]))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,5 @@
 """Peak host memory of building the frozen backbones, each build in a fresh process (``ru_maxrss``).
 
-    python -m pneumollm.models.build_memory                          # LLaMA-7B and CLIP ViT-L/14 width, 1 and 2 layers
-    python -m pneumollm.models.build_memory --layers 32 --parts llama --builds meta   # the whole 7B trunk
-
 Builds (``--builds``): ``plain`` = the previous path (``_from_config`` with real tensors in the frozen dtype,
 then the token embedding dropped), ``meta`` = ``load_or_build`` (meta device, embedding never built, each block
 materialised and initialised in place), ``nf4`` / ``int8`` = ``meta`` with a quantised trunk, ``pretrained`` =
@@ -11,6 +8,9 @@ fp16 checkpoint (as most LLaMA-7B conversions are), converted to bf16 while load
 everything, resets its peak RSS (``/proc/self/clear_refs``, Linux), builds, and reports the peak above the RSS
 before the build (and the process's ``ru_maxrss``, imports included); the script prints the per-layer slope
 between the fewest and most layers to extrapolate to 32 (LLaMA-7B) or 24 (CLIP ViT-L/14) layers.
+
+``measure`` starts each child with ``python -c WORKER`` (``worker``); the console script is
+``pneumollm-build-memory`` (``pneumollm.cli.build_memory``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ from typing import Any
 
 import torch
 
+from pneumollm.utils.markdown import markdown_table
+
 PARTS = ("llama", "clip", "tiny_llama")  # tiny_llama: a smoke test of the script itself
 BUILDS = ("plain", "meta", "nf4", "int8", "pretrained", "pretrained_fp16")
+WORKER = "from pneumollm.models.build_memory import worker; worker()"  # a child process's program (python -c)
 
 
 def plain_build(model_class: Any, config: Any, dtype: torch.dtype, attn_implementation: str,
@@ -102,7 +105,7 @@ def _child(build: str, part: str, layers: int, checkpoint: str | None) -> dict[s
 
 def _run_child(build: str, part: str, layers: int, checkpoint: str | None = None) -> dict[str, Any]:
     # A child's ru_maxrss starts at its parent's RSS (Linux keeps it across exec): the parent builds nothing.
-    cmd = [sys.executable, "-m", "pneumollm.models.build_memory", "--child", build, part, str(layers)]
+    cmd = [sys.executable, "-c", WORKER, "--child", build, part, str(layers)]
     if checkpoint:
         cmd += ["--checkpoint", checkpoint]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -111,7 +114,7 @@ def _run_child(build: str, part: str, layers: int, checkpoint: str | None = None
 
 def _save_checkpoint_in_child(part: str, layers: int, folder: Path, dtype: str) -> str:
     target = folder / f"{part}{layers}{dtype}"
-    cmd = [sys.executable, "-m", "pneumollm.models.build_memory", "--save", part, str(layers), dtype, str(target)]
+    cmd = [sys.executable, "-c", WORKER, "--save", part, str(layers), dtype, str(target)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return str(target)
 
@@ -144,8 +147,6 @@ def measure(parts: Sequence[str], builds: Sequence[str], layers: Sequence[int]) 
 def report(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the rows and, per (part, build), the per-layer slope between the fewest and most layers."""
     mib = lambda n: f"{n / 2**20:,.0f}"
-    from pneumollm.utils.markdown import markdown_table
-
     header = ["part", "build", "layers", "build's peak RSS MiB", "resident after reading every weight MiB",
               "tensors kept MiB", "process ru_maxrss MiB", "build s"]
     body = [[r["part"], r["build"], r["layers"], mib(r["peak_above_before_bytes"]),
@@ -167,29 +168,19 @@ def report(rows: list[dict[str, Any]]) -> str:
                                      align=["left", "left", "right", "right"])])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["llama", "clip"], choices=PARTS)
-    parser.add_argument("--builds", nargs="+", default=["plain", "meta", "pretrained"], choices=BUILDS)
-    parser.add_argument("--layers", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    parser.add_argument("--child", nargs=3, metavar=("BUILD", "PART", "LAYERS"), help=argparse.SUPPRESS)
-    parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--save", nargs=4, metavar=("PART", "LAYERS", "DTYPE", "FOLDER"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+def worker(argv: Sequence[str] | None = None) -> None:
+    """A child process of ``measure`` (``python -c WORKER ARGS``): ``--child BUILD PART LAYERS [--checkpoint DIR]``
+    prints one build's row as JSON, ``--save PART LAYERS DTYPE FOLDER`` saves a random checkpoint to load."""
+    parser = argparse.ArgumentParser(prog="build_memory worker")
+    parser.add_argument("--child", nargs=3, metavar=("BUILD", "PART", "LAYERS"))
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--save", nargs=4, metavar=("PART", "LAYERS", "DTYPE", "FOLDER"))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.save:
         part, layers, dtype, folder = args.save
         _save_checkpoint(part, int(layers), Path(folder), dtype)
-        return
-    if args.child:
+    elif args.child:
         build, part, layers = args.child
         print(json.dumps(_child(build, part, int(layers), args.checkpoint)))
-        return
-    rows = measure(args.parts, args.builds, args.layers)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
-    print(report(rows))
-
-
-if __name__ == "__main__":
-    main()
+    else:
+        parser.error("give --child or --save")

@@ -1,17 +1,15 @@
 """Parameter and weight-memory accounting of PneumoLLM configurations, built on the ``meta`` device (no
 memory, no download).
 
-``python -m pneumollm.models.param_count`` prints the trainable/total counts of the full-size model for
-every encoder and LLM choice (the table in docs/model.md), then the bytes of the paper configuration's
-weights with the frozen backbones in fp32, bf16/fp16, or with an int8 / nf4 LLM trunk, and which card sizes
-hold them, then every built-in full-size LLM trunk's parameters and bytes (``trunk_sizes.trunk_memory_table``).
-The paper's configuration (CLIP ViT-L/14 + LLaMA-7B, m = 4, adapter hidden 8, neck 128) has exactly 2,704,000
-trainable parameters.
+``pneumollm-param-count`` (``pneumollm.cli.param_count``) prints these counts: the table of every encoder and LLM
+choice (``markdown_table``), and the bytes of a configuration's weights under each storage option
+(``bytes_table``); `trunk_sizes.trunk_memory_table` gives every built-in full-size LLM trunk's
+parameters and bytes. The paper's configuration (CLIP ViT-L/14 + LLaMA-7B, m = 4, adapter hidden 8, neck 128) has
+exactly 2,704,000 trainable parameters.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.models.components.quantization import QuantSpec, quantizable_linears
 from pneumollm.models.pneumollm import PneumoLLM
-from pneumollm.models.trunk_sizes import trunk_memory_table
 from pneumollm.paths import conf_dir
 
 CONF_DIR = conf_dir()
@@ -238,33 +235,3 @@ def bytes_table(model: PneumoLLM) -> str:
         rows.append([option, gb(b.encoder), gb(b.llm), gb(b.other_frozen), gb(b.frozen), gb(b.training), gb(b.total),
                      *("fits" if b.fits(c) else "no" for c in CARD_GIB)])
     return markdown_table(header, rows, align=["left"] + ["right"] * (len(header) - 1))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: print the table, or the counts and breakdown of one configuration."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("overrides", nargs="*", help="group choices and dotlist overrides, e.g. "
-                        "encoder=clip_vit_l14 llm=llama7b token_engine.m=8; none: the full table")
-    parser.add_argument("--conf-dir", default=None, help=f"config folder (default {CONF_DIR})")
-    args = parser.parse_args(argv)
-    if not args.overrides:
-        print(markdown_table(args.conf_dir))
-        print(f"\nWeights of the paper configuration ({BYTES_NOTE}):\n")
-        print(bytes_table(full_size_model(PAPER_CHOICES, conf_dir=args.conf_dir)))
-        print("\nLLM trunks (full size, frozen weights only; docs/backbones.md):\n")
-        print(trunk_memory_table())
-        return
-    choices = {k: v for k, _, v in (o.partition("=") for o in args.overrides) if k in (*GROUPS, "model")}
-    dotlist = [o for o in args.overrides if o.partition("=")[0] not in choices]
-    model = full_size_model({**PAPER_CHOICES, **choices}, dotlist, args.conf_dir)
-    counts = ParameterCounts.of(model)
-    for name, n in trainable_breakdown(model).items():
-        print(f"{name:>14}: {n:>14,} trainable")
-    print(f"{'trainable':>14}: {counts.trainable:>14,}")
-    print(f"{'total':>14}: {counts.total:>14,} (+{counts.excluded:,} unused token-embedding weights dropped)")
-    print(f"\nWeights ({BYTES_NOTE}):\n")
-    print(bytes_table(model))
-
-
-if __name__ == "__main__":
-    main()

@@ -2,12 +2,11 @@
 trainable parameters and the frozen weights' bytes in bf16, int8 and nf4.
 
 ``python -m pneumollm.models.trunk_sizes`` prints the table of every built-in full-size architecture
-(``trunk_architectures.FULL_SIZE_TRUNKS``); ``python -m pneumollm.models.param_count`` prints it after its own.
+(``trunk_architectures.FULL_SIZE_TRUNKS``); ``pneumollm-backbone-sizes`` prints it.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,17 +88,3 @@ def trunk_memory_table(architectures: Sequence[str] = FULL_SIZE_TRUNKS) -> str:
                      f"{size.dropped_embedding:,}", f"{size.repadapter:,}", f"{size.lora:,}",
                      *(f"{size.frozen_bytes[s] / 1e9:.2f}" for s in TRUNK_STORAGE)])
     return markdown_table(header, rows, align=["left", "left", "left"] + ["right"] * (len(header) - 3))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("architectures", nargs="*", default=list(FULL_SIZE_TRUNKS),
-                        help=f"built-in architectures (default: all full-size ones: {', '.join(FULL_SIZE_TRUNKS)})")
-    args = parser.parse_args(argv)
-    print(trunk_memory_table(args.architectures))
-    print("\nGB = 1e9 bytes; frozen weights only (token embedding dropped; activations, adapters' training "
-          "state and workspace come on top)")
-
-
-if __name__ == "__main__":
-    main()

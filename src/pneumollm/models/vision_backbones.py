@@ -8,7 +8,6 @@ architecture on the ``meta`` device (no memory, no download) and counts it.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,14 +156,3 @@ def markdown_table(names: Sequence[str] | None = None) -> str:
                   "RepAdapter params", "bf16 GB", "fp32 GB", "pre-training px", "patches at 224 px",
                   "GFLOPs per film at 224 px"], rows,
                  align=["left", "left", "right", "right", "left", "left", *["right"] * 7])
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Sizes of the vision backbones beyond the paper's (meta device).")
-    parser.add_argument("names", nargs="*", help=f"backbones (default: all of {', '.join(VISION_BACKBONES)})")
-    args = parser.parse_args(argv)
-    print(markdown_table(args.names or None))
-
-
-if __name__ == "__main__":
-    main()

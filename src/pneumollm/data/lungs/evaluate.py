@@ -1,16 +1,14 @@
 """Measure a lung-segmentation option against ground-truth masks: lung Dice and bounding-rectangle IoU.
 
-    python -m pneumollm.data.lungs.evaluate --images DIR --segmenter threshold|unet [--weights PATH] --out DIR
-
-Pairs each film ``NAME.jpg`` (or .jpeg/.png/...) in DIR with its mask ``NAME@.png`` (``--mask-suffix``),
-runs the segmenter and the crop step (without margin) on the 8-bit greyscale film, and writes
-``per_film.csv``, ``summary.json`` and ``worst_films.png`` (a QC sheet of the lowest IoUs) into --out.
+Pairs each film ``NAME.jpg`` (or .jpeg/.png/...) in a folder with its mask ``NAME@.png`` (``find_pairs``), runs
+the segmenter and the crop step (without margin) on the 8-bit greyscale film, and writes ``per_film.csv``,
+``summary.json`` and ``worst_films.png`` (a QC sheet of the lowest IoUs) into the output folder (``evaluate``).
 A film whose crop falls back to the whole film scores the whole film's rectangle and counts as a failure.
+The console script is ``pneumollm-eval-lungs`` (``pneumollm.cli.eval_lungs``).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import heapq
 import json
@@ -166,81 +164,29 @@ def summarise(scores: Sequence[FilmScore], segmenter: str, images: Path, unpaire
     }
 
 
-def print_table(summary: dict) -> None:
-    """The summary as a rich table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"lungs={summary['segmenter']} on {summary['films']} films")
-    for column in ("measure", "mean", "median", "min"):
-        table.add_column(column, justify="left" if column == "measure" else "right")
-    for key, label in (("dice", "lung Dice"), ("box_iou", "bounding-box IoU")):
-        stats = summary[key]
-        table.add_row(label, f"{stats['mean']:.4f}", f"{stats['median']:.4f}", f"{stats['min']:.4f}")
-    console = Console()
-    console.print(table)
-    console.print(f"crop fell back to the whole film: {summary['failures']}  {summary['failure_reasons'] or ''}")
-    console.print(f"box IoU < 0.7: {summary['box_iou_below_0.7']}   seconds per film: {summary['seconds_per_film']}")
-    margins = Table(title="effect of the crop margin")
-    for column in ("margin", "IoU with true box", "crop holds >= 99% of true box"):
-        margins.add_column(column, justify="right")
-    for margin, effect in summary["margin_effect"].items():
-        margins.add_row(margin, f"{effect['box_iou_mean']:.4f}", f"{effect['films_covering_true_box']:.1%}")
-    console.print(margins)
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pneumollm-eval-lungs", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=Path, required=True, help="folder with films and their masks")
-    parser.add_argument("--segmenter", choices=SEGMENTERS, required=True)
-    parser.add_argument("--weights", default=None, help="U-Net state dict (lungs=unet)")
-    parser.add_argument("--device", default="cpu", help="torch device for the U-Net")
-    parser.add_argument("--out", type=Path, required=True, help="folder for per_film.csv and summary.json")
-    parser.add_argument("--mask-suffix", default="@.png", help="mask file = film stem + this (default '@.png')")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N films (by name)")
-    parser.add_argument("--worst", type=int, default=12, help="films on the worst-films QC sheet (0: none)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
-
-
-def run(argv: Sequence[str] | None = None) -> dict:
-    """Run the evaluation with command-line ``argv``; returns the summary (also in --out/summary.json)."""
-    args = parse_args(argv)
-    pairs, unpaired = find_pairs(args.images, args.mask_suffix)
-    if not pairs:
-        raise SystemExit(f"no film in {args.images} has a mask named <film stem>{args.mask_suffix}")
-    if args.limit:
-        pairs = pairs[: args.limit]
-    segmenter = make_segmenter(args.segmenter, args.weights, args.device)
+def evaluate(pairs: Sequence[tuple[Path, Path]], segmenter: LungSegmenter, out: Path, *, name: str, images: Path,
+             unpaired: int, worst: int = 12, progress: bool = True) -> dict:
+    """Score every (film, mask) pair with ``segmenter`` (called ``name``) and write ``per_film.csv``,
+    ``summary.json`` and, with ``worst`` > 0, ``worst_films.png`` into ``out``; returns the summary."""
     scores: list[FilmScore] = []
-    worst: list[tuple[float, int, QCItem]] = []  # heap of the lowest IoUs (negated: the best on top)
-    for image_path, mask_path in progress_bar(pairs, f"lungs={args.segmenter}", enabled=not args.no_progress):
+    lowest: list[tuple[float, int, QCItem]] = []  # heap of the lowest IoUs (negated: the best on top)
+    for image_path, mask_path in progress_bar(pairs, f"lungs={name}", enabled=progress):
         score, tile = score_film(image_path, mask_path, segmenter)
         scores.append(score)
-        if args.worst > 0:
-            heapq.heappush(worst, (-score.box_iou, len(scores), tile))
-            if len(worst) > args.worst:
-                heapq.heappop(worst)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "per_film.csv").open("w", newline="") as handle:
+        if worst > 0:
+            heapq.heappush(lowest, (-score.box_iou, len(scores), tile))
+            if len(lowest) > worst:
+                heapq.heappop(lowest)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "per_film.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(asdict(scores[0])))
         writer.writeheader()
         for score in scores:
             row = asdict(score)
             row.update(dice=f"{score.dice:.4f}", box_iou=f"{score.box_iou:.4f}", seconds=f"{score.seconds:.3f}")
             writer.writerow(row)
-    summary = summarise(scores, args.segmenter, args.images, len(unpaired))
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if worst:
-        write_qc_sheet([tile for _, _, tile in sorted(worst, reverse=True)], args.out / "worst_films.png", columns=4)
-    print_table(summary)
+    summary = summarise(scores, name, images, unpaired)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if lowest:
+        write_qc_sheet([tile for _, _, tile in sorted(lowest, reverse=True)], out / "worst_films.png", columns=4)
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point (``pneumollm-eval-lungs``)."""
-    run(argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,7 +17,7 @@ from skimage.transform import resize
 from torch import nn
 
 from pneumollm.data.lungs.components import dilate_disk, fill_holes, lung_pair, open_disk
-from pneumollm.models.components.pretrained import WeightsNotFoundError
+from pneumollm.errors import WeightsNotFoundError
 
 UNET_CLASSES = ("background", "lungs", "heart", "clavicles")
 LUNG_CLASS = 1

@@ -12,19 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pneumollm.errors import UserError
+from pneumollm.errors import UserError, WeightsMismatchError, WeightsNotFoundError
 
 if TYPE_CHECKING:
     from pneumollm.models.components.quantization import QuantSpec
-
-
-class WeightsNotFoundError(UserError, FileNotFoundError):
-    """Raised when pretrained weights are neither a local folder nor reachable on the hub."""
-
-
-class WeightsMismatchError(UserError, ValueError):
-    """Raised when a checkpoint is not the model it is loaded into: another architecture, or tensors missing,
-    unexpected or of another shape. Loading on regardless would run on random weights."""
 
 
 # Tensors that a checkpoint holds and a frozen tower leaves out on purpose, or that a tower may lack in a
