@@ -332,3 +332,11 @@ def test_trunk_sizes_and_memory_table() -> None:
     assert phi3.lora == 32 * 8 * (3072 + 3 * 3072)  # one LoRA pair on the fused qkv_proj per layer
     table = trunk_memory_table(["llama7b", "gemma2_9b"])
     assert "| llama7b " in table and "google/gemma-2-9b" in table and "12.95" in table
+
+
+def test_the_backbone_sizes_command_prints_the_trunk_and_encoder_tables(capsys: pytest.CaptureFixture) -> None:
+    from pneumollm.cli.backbone_sizes import main
+
+    assert main(["--trunks", "llama7b", "--encoders", "rad_dino"]) == 0
+    out = capsys.readouterr().out
+    assert "6,476,271,616" in out and "microsoft/rad-dino" in out
