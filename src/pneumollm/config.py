@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.data.targets import output_count, positive_output, task_cohort
 from pneumollm.models import task_texts
+from pneumollm.models.registry import arm_label
 from pneumollm.models.sizing import SIZES
 
 
@@ -60,10 +61,17 @@ def task_question(*, _root_: DictConfig) -> str:
     return task_texts.question(_task_of(_root_)[0])
 
 
+def row_label(arm: str, chosen: str | None) -> str:
+    """``${row_label:${experiment.arm},${hydra:runtime.choices.arm}}``: a row named with ``arm=`` is labelled by
+    its name in the paper's tables (``models.registry.arm_label``); a run without ``arm=`` by its arm id."""
+    return arm_label(str(arm)) if chosen is not None else str(arm)
+
+
 RESOLVERS = {
     "data_slug": data_slug, "cohort_slug": cohort_slug, "sized": sized,
     "task_outputs": output_count, "task_positive_output": positive_output, "task_cohort": task_cohort,
     "task_prompts": task_prompts, "task_answers": task_answers, "task_question": task_question,
+    "row_label": row_label,
 }
 
 

@@ -74,15 +74,13 @@ class PneumoLLM(ImageClassifier):
                                 dtype=self.llm.mask_dtype(trunk_input.device), device=trunk_input.device)
         return self.llm(trunk_input, mask)
 
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head.pool(self.trunk_output(self.trunk_input(images)))
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk's output Z [B, d+m, width] that the head reads."""
+        return self.trunk_output(self.trunk_input(images))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk_output(self.trunk_input(images)))
-
-    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.extract_features(images)
-        return self.head.classify(features), features
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The head's logits; ``pre_logits``: its pooled input [B, width]."""
+        return self.head.pool(tokens) if pre_logits else self.head(tokens)
 
     def frozen_prefix(self) -> FrozenPrefix | None:
         """The encoder, when nothing in it trains (no adapters, a frozen backbone): its source tokens."""
@@ -92,8 +90,7 @@ class PneumoLLM(ImageClassifier):
 
     def forward_from_prefix(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, head-input features) from the encoder's source tokens [B, d, width]."""
-        features = self.head.pool(self.trunk_output(self._neck_output(source)))
-        return self.head.classify(features), features
+        return self.head_outputs(self.trunk_output(self._neck_output(source)))
 
     def fold_adapters(self) -> int:
         """Merge every adapter into the frozen weights for inference (eval-mode function unchanged)."""

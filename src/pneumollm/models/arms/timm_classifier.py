@@ -1,4 +1,5 @@
-"""End-to-end image classifiers from timm (the foundation's default model and the Table 2 arms)."""
+"""End-to-end image classifiers from timm: the Table 2 arms (one registered factory each) and any other timm
+model (``TimmClassifier`` with its ``model_name``, e.g. ``conf/model/timm_resnet18.yaml``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from pneumollm.models.base import ImageClassifier, InputNormalizer
 from pneumollm.models.components.pretrained import TimmWeights, WeightsNotFoundError, load_pretrained, timm_hub_id
+from pneumollm.models.registry import register_arm
 
 
 def create_timm_model(
@@ -60,13 +62,42 @@ class TimmClassifier(ImageClassifier):
         self.normalize = InputNormalizer(normalization, channels=kwargs.get("in_chans", 3))
         self.backbone = create_timm_model(model_name, num_classes, pretrained, checkpoint_path, **kwargs)
 
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.backbone.forward_features(self.normalize(images))
-        return self.backbone.forward_head(features, pre_logits=True)
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(self.normalize(images))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.normalize(images))
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.backbone.forward_head(features, pre_logits=pre_logits)
 
-    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature_map = self.backbone.forward_features(self.normalize(images))
-        return self.backbone.forward_head(feature_map), self.backbone.forward_head(feature_map, pre_logits=True)
+
+# The paper's Table 2 rows; ``published``: the form its L-para column counts (an ImageNet-1k head).
+IMAGENET_HEAD = {"num_classes": 1000}
+
+
+@register_arm(published=IMAGENET_HEAD)
+def resnet50(**kwargs: Any) -> TimmClassifier:
+    """Table 2 "ResNet": ResNet-50 (the paper cites ResNeXt but lists ResNet-50's 25.56 M)."""
+    return TimmClassifier("resnet50", **kwargs)
+
+
+@register_arm(published=IMAGENET_HEAD)
+def vit_b16(**kwargs: Any) -> TimmClassifier:
+    """Table 2 "ViT": ViT-B/16 at 224 px."""
+    return TimmClassifier("vit_base_patch16_224", **kwargs)
+
+
+@register_arm(published=IMAGENET_HEAD)
+def swin_t(**kwargs: Any) -> TimmClassifier:
+    """Table 2 "Swin Transformer": Swin-T (patch 4, window 7, 224 px)."""
+    return TimmClassifier("swin_tiny_patch4_window7_224", **kwargs)
+
+
+@register_arm(published=IMAGENET_HEAD)
+def convnext_b(**kwargs: Any) -> TimmClassifier:
+    """Table 2 "ConvNeXt": ConvNeXt-B."""
+    return TimmClassifier("convnext_base", **kwargs)
+
+
+@register_arm(published={"num_classes": 0, "model_kwargs": {"img_size": 518}})  # published at 518 px, no head
+def dinov2_vits14(**kwargs: Any) -> TimmClassifier:
+    """Table 2 "DINOv2": DINOv2 ViT-S/14 (LVD-142M weights), here at 224 px."""
+    return TimmClassifier("vit_small_patch14_dinov2", **kwargs)
