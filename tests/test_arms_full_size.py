@@ -26,7 +26,7 @@ def random_clip_l14() -> CLIPModel:
 
 @pytest.mark.parametrize("arm", CPU_ARMS)
 def test_full_size_arm_takes_a_training_step(arm: str, request: pytest.FixtureRequest) -> None:
-    full = OmegaConf.load(CONFIG_DIR / f"{arm}.yaml").full
+    full = OmegaConf.load(CONFIG_DIR / f"full_{arm}.yaml")
     extra = {}
     if arm_entry(arm).family == "clip":  # random ViT-L/14 weights; the tiny tokenizer's ids fit CLIP's vocabulary
         full = OmegaConf.masked_copy(full, [k for k in full if k not in ("clip", "tokenizer")])

@@ -32,7 +32,7 @@ def _comparison_rows() -> list[str]:
 def test_every_comparison_row_is_a_registered_arm_with_a_model_config() -> None:
     assert sorted(arm_names()) == _comparison_rows()
     for arm in arm_names():
-        assert (CONF / "model" / f"{arm}.yaml").is_file(), arm
+        assert all((CONF / "model" / f"{size}_{arm}.yaml").is_file() for size in ("tiny", "full")), arm
 
 
 def test_arms_list_in_the_papers_row_order() -> None:

@@ -1,8 +1,8 @@
 """Full-size parameter counts of the comparison arms, built on the meta device (no memory, no download).
 
 ``python -m pneumollm.models.arm_param_count`` prints each registered arm's (``models.registry``) trainable
-and total parameters next to the paper's L-para column (Tables 2 and 3). Every arm is built from the ``full``
-entry of its ``conf/model/<arm>.yaml``; the CLIP arms get a ViT-L/14 CLIPModel built from a built-in config
+and total parameters next to the paper's L-para column (Tables 2 and 3). Every arm is built from its full-size
+config ``conf/model/full_<arm>.yaml``; the CLIP arms get a ViT-L/14 CLIPModel built from a built-in config
 and the tiny tokenizer (tokens only shape buffers here, they never run).
 """
 
@@ -37,12 +37,12 @@ class ArmCount:
 
 
 def build_full_on_meta(arm: str, config_dir: Path = DEFAULT_CONFIG_DIR, **overrides: object) -> ImageClassifier:
-    """The ``full`` variant of ``conf/model/<arm>.yaml`` (with ``overrides``), every tensor on the meta device."""
-    path = Path(config_dir) / f"{arm}.yaml"
+    """``conf/model/full_<arm>.yaml`` (with ``overrides``) built with every tensor on the meta device."""
+    path = Path(config_dir) / f"full_{arm}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no model config {str(path)!r} for arm {arm!r}")
     register_resolvers()  # the prompts and answers resolve for the binary task when no data node is given
-    full = OmegaConf.load(path).full
+    full = OmegaConf.load(path)
     family = arm_entry(arm).family if is_arm(arm) else "image"
     if family == "clip":
         full = OmegaConf.masked_copy(full, [k for k in full if k not in ("clip", "tokenizer")])
@@ -72,7 +72,7 @@ def count_arm(arm: str, config_dir: Path = DEFAULT_CONFIG_DIR) -> ArmCount:
 def full_size_trainable(arm: str, conf_dir: Path = DEFAULT_CONFIG_DIR.parent) -> int | None:
     """Trainable parameters of the named table row ``arm`` at full size, built on the meta device.
 
-    Comparison arms are built from their model config; every other row from ``conf/arm/<arm>.yaml`` composed
+    Comparison arms are built from their full-size model config; every other row from ``conf/arm/<arm>.yaml`` composed
     with ``size=full`` (pretrained backbones as their random architectures). None for a name that is no row.
     """
     if is_arm(arm):

@@ -17,17 +17,18 @@ from pneumollm.models.components.neck import Neck
 from pneumollm.models.components.token_engines import NoTokens, TokenEngine
 
 TokenEngineFactory = Callable[..., TokenEngine]
+NeckFactory = Callable[..., nn.Module]
 HeadFactory = Callable[..., nn.Module]
 
 
 class PneumoLLM(ImageClassifier):
     """The paper's model, assembled from interchangeable parts.
 
-    ``encoder`` and ``llm`` are built modules; ``token_engine`` and ``head`` may be factories
+    ``encoder`` and ``llm`` are built modules; ``token_engine``, ``neck`` and ``head`` may be factories
     (Hydra ``_partial_: true``) that this class calls with the sizes it wires itself:
-    token engine width = encoder width, neck = encoder width -> ``neck_dim`` -> trunk width,
-    head input = trunk width. Only adapters, token engine, neck and head require gradients
-    (plus anything an encoder declares trainable, e.g. the conv stem).
+    token engine width = encoder width, neck = encoder width -> trunk width (``Neck``: through a
+    bottleneck of 128 by default), head input = trunk width. Only adapters, token engine, neck and head
+    require gradients (plus anything an encoder declares trainable, e.g. the conv stem).
     """
 
     def __init__(
@@ -37,7 +38,7 @@ class PneumoLLM(ImageClassifier):
         token_engine: TokenEngine | TokenEngineFactory | None = None,
         emitter: InformationEmitter | None = None,
         head: nn.Module | HeadFactory | None = None,
-        neck_dim: int = 128,
+        neck: nn.Module | NeckFactory | None = None,
         num_classes: int = 2,
     ) -> None:
         super().__init__()
@@ -46,7 +47,7 @@ class PneumoLLM(ImageClassifier):
         self.token_engine = _build(token_engine, TokenEngine, NoTokens, width=encoder.width)
         if self.token_engine.width != encoder.width:
             raise ValueError(f"token engine width {self.token_engine.width} != encoder width {encoder.width}")
-        self.neck = Neck(encoder.width, llm.hidden_size, hidden=neck_dim)
+        self.neck = _build(neck, nn.Module, Neck, in_features=encoder.width, out_features=llm.hidden_size)
         self.llm = llm
         self.emitter = emitter if emitter is not None else InformationEmitter("emitter")
         self.head = _build(head, nn.Module, MeanLinearHead, in_features=llm.hidden_size, num_classes=num_classes)

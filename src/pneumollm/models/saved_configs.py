@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.errors import ConfigError
 
@@ -17,6 +17,10 @@ from pneumollm.errors import ConfigError
 MOVED_TARGETS = {
     "pneumollm.models.timm_classifier.TimmClassifier": "pneumollm.models.arms.timm_classifier.TimmClassifier",
 }
+# One YAML held both sizes of a comparison arm: {_target_: BY_SIZE, size, full, tiny} built ``tiny`` or ``full``.
+BY_SIZE = "pneumollm.models.sizing.by_size"
+PNEUMOLLM = "pneumollm.models.pneumollm.PneumoLLM"
+NECK = "pneumollm.models.components.neck.Neck"
 
 
 def current_net_config(node: DictConfig, where: str = "config.yaml") -> DictConfig:
@@ -25,7 +29,21 @@ def current_net_config(node: DictConfig, where: str = "config.yaml") -> DictConf
     if not isinstance(plain, dict) or "_target_" not in plain:
         raise ConfigError(f"{where}: its `model` entry is no net config (no _target_); re-run the fold with "
                           "today's suite (pneumollm-train arm=<arm> data.fold=<k>) to write a current one")
+    if plain["_target_"] == BY_SIZE:
+        plain = _sized(plain, where)
+    if plain["_target_"] == PNEUMOLLM and "neck_dim" in plain:  # the neck's width, before the neck group
+        plain["neck"] = {"_target_": NECK, "_partial_": True, "hidden": plain.pop("neck_dim")}
     return OmegaConf.create(_rewrite(plain))
+
+
+def _sized(node: dict[str, Any], where: str) -> dict[str, Any]:
+    """The entry that a ``by_size`` node built: ``tiny`` at the tiny size where it has one, else ``full``."""
+    size = node.get("size")
+    chosen = node.get("tiny") if size == "tiny" and node.get("tiny") is not None else node.get("full")
+    if size not in ("tiny", "full") or not isinstance(chosen, dict):
+        raise ConfigError(f"{where}: its `model` entry holds sized variants but no usable one for size {size!r}; "
+                          "re-run the fold with today's suite (pneumollm-train arm=<arm> data.fold=<k>)")
+    return chosen
 
 
 def _rewrite(value: Any) -> Any:
@@ -34,6 +52,6 @@ def _rewrite(value: Any) -> Any:
         if value.get("_target_") in MOVED_TARGETS:
             value["_target_"] = MOVED_TARGETS[value["_target_"]]
         return value
-    if isinstance(value, list | ListConfig):
+    if isinstance(value, list):
         return [_rewrite(v) for v in value]
     return value
