@@ -40,7 +40,7 @@ def test_arms_list_in_the_papers_row_order() -> None:
         order = list(dict.fromkeys(r["arm"] for r in csv.DictReader(handle)))
     arms = arm_names()
     assert arms == sorted(arms, key=order.index)
-    assert arms[:3] == ["resnet50", "vit_b16", "swin_t"] and arms[-2:] == ["lavin", "blip2"]
+    assert arms.index("resnet50") < arms.index("vapformer") < arms.index("clip_zero_shot") < arms.index("blip2")
 
 
 def test_paper_rows_come_from_the_papers_tables() -> None:
