@@ -33,7 +33,8 @@ STEP_TFLOP_BATCH16 = 9.5
 
 
 def _config(tiny: bool, quantization: str | None = None):
-    choices = {"encoder": "tiny_clip", "llm": "tiny_llama"} if tiny else {"encoder": "clip_vit_l14", "llm": "llama7b"}
+    choices = ({"encoder": "tiny_clip_vit_l14", "llm": "tiny_llama7b"} if tiny
+               else {"encoder": "full_clip_vit_l14", "llm": "full_llama7b"})
     overrides = ["encoder.pretrained=false", "llm.pretrained=false"]
     if not tiny:
         overrides += ["encoder.frozen_dtype=bfloat16", "llm.frozen_dtype=bfloat16"]

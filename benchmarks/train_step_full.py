@@ -36,9 +36,9 @@ from pneumollm.models.param_count import (
     trainable_breakdown,
 )
 
-FULL = {"encoder": "clip_vit_l14", "llm": "llama7b"}
-TINY = {"encoder": "tiny_clip", "llm": "tiny_llama"}
-GROUPS = ("encoder", "token_engine", "emitter", "llm", "head", "model")
+FULL = {"encoder": "full_clip_vit_l14", "llm": "full_llama7b"}
+TINY = {"encoder": "tiny_clip_vit_l14", "llm": "tiny_llama7b"}
+GROUPS = ("encoder", "token_engine", "neck", "emitter", "llm", "head", "model")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

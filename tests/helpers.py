@@ -153,14 +153,19 @@ class SlowEpochs:
 
 
 def build_model_config(name: str, size: str = "tiny"):
-    """Instantiate ``conf/model/<name>.yaml`` at ``size`` (its ``by_size`` entry), as the training app does."""
+    """Instantiate ``conf/model/<size>_<name>.yaml`` (an arm's net at that size; ``<name>.yaml`` for an unsized
+    net such as timm_resnet18), as the training app does."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from pneumollm.config import register_resolvers
     from pneumollm.paths import conf_dir
 
-    cfg = OmegaConf.create({"size_name": size, "model": OmegaConf.load(conf_dir() / "model" / f"{name}.yaml")})
-    return instantiate(cfg.model)
+    register_resolvers()
+    path = conf_dir() / "model" / f"{size}_{name}.yaml"
+    path = path if path.is_file() else path.with_name(f"{name}.yaml")
+    cfg = OmegaConf.create({"model": OmegaConf.load(path)})
+    return instantiate(cfg.model, _convert_="object")
 
 
 def wandb_records(path: Path):

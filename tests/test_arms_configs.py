@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from pneumollm.models.base import ImageClassifier
-from pneumollm.paths import conf_dir
-from tests.helpers import build_model_config
-
-CONFIG_DIR = conf_dir() / "model"
+from pneumollm.models.registry import arm_entry, arm_names
+from tests.helpers import build_model_config, compose_train
 
 # arm -> predicate on parameter names that must be the trainable ones (None: every parameter trains).
 TRAINABLE = {
@@ -30,6 +29,11 @@ TRAINABLE = {
 
 
 pytestmark = pytest.mark.usefixtures("tiny_cache_one_thread")  # tests/conftest.py
+
+
+def test_every_registered_arm_says_what_should_train() -> None:
+    # LaVIN and BLIP-2 (family "llm") have their own files: tests/test_arms_lavin.py, test_arms_blip2.py
+    assert set(TRAINABLE) == {arm for arm in arm_names() if arm_entry(arm).family != "llm"}
 
 
 def build_arm(arm: str, size: str = "tiny") -> ImageClassifier:
@@ -85,10 +89,12 @@ def test_frozen_backbones_stay_in_eval_mode_when_training(arm: str) -> None:
     assert frozen and not any(m.training for m in frozen)
 
 
-def test_size_name_selects_the_full_variant_config() -> None:
-    cfg = OmegaConf.create({"size_name": "full", "model": OmegaConf.load(CONFIG_DIR / "dinov2_vits14.yaml")})
-    assert cfg.model.size == "full"
-    assert cfg.model.full.model_kwargs.img_size == 224
+def test_size_name_selects_the_full_variant_config(tmp_path: Path) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = compose_train([f"paths.root_dir={tmp_path}", "arm=dinov2_vits14", "size=full"], run_dir=tmp_path / "run")
+    assert cfg.size_name == "full" and HydraConfig.get().runtime.choices.model == "full_dinov2_vits14"
+    assert cfg.model.model_kwargs.img_size == 224 and "embed_dim" not in cfg.model.model_kwargs
 
 
 @pytest.mark.parametrize("arm", [*sorted(TRAINABLE), "lavin", "blip2"])

@@ -9,11 +9,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import CLIPModel
 
-from pneumollm.models.arm_param_count import CLIP_ARMS, PAPER_ROWS
+from pneumollm.models.registry import arm_entry, arm_names
 from pneumollm.models.tiny_text import build_tiny_clip_tokenizer, clip_vit_l14_config
 from pneumollm.paths import conf_dir
 
 CONFIG_DIR = conf_dir() / "model"
+CPU_ARMS = [arm for arm in arm_names() if arm_entry(arm).family != "llm"]  # a 7B LLM cannot step on the CPU
 pytestmark = pytest.mark.slow
 
 
@@ -23,11 +24,11 @@ def random_clip_l14() -> CLIPModel:
     return CLIPModel(clip_vit_l14_config()).eval()
 
 
-@pytest.mark.parametrize("arm", list(PAPER_ROWS))
+@pytest.mark.parametrize("arm", CPU_ARMS)
 def test_full_size_arm_takes_a_training_step(arm: str, request: pytest.FixtureRequest) -> None:
-    full = OmegaConf.load(CONFIG_DIR / f"{arm}.yaml").full
+    full = OmegaConf.load(CONFIG_DIR / f"full_{arm}.yaml")
     extra = {}
-    if arm in CLIP_ARMS:  # random ViT-L/14 weights; the tiny tokenizer's ids are valid in CLIP's vocabulary
+    if arm_entry(arm).family == "clip":  # random ViT-L/14 weights; the tiny tokenizer's ids fit CLIP's vocabulary
         full = OmegaConf.masked_copy(full, [k for k in full if k not in ("clip", "tokenizer")])
         extra = {"clip": request.getfixturevalue("random_clip_l14"), "tokenizer": build_tiny_clip_tokenizer()}
     torch.manual_seed(0)

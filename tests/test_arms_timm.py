@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from pneumollm.models.timm_classifier import TimmClassifier
+from pneumollm.models.arms.timm_classifier import TimmClassifier
 
 TINY_RESNET = {"layers": [1, 1, 1, 1], "channels": [4, 8, 16, 32], "stem_type": "deep", "stem_width": 4}
 

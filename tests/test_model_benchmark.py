@@ -23,5 +23,5 @@ def test_tiny_benchmark_runs_one_step_and_writes_json(tmp_path: Path) -> None:
     written = json.loads(out.read_text())
     assert written == result
     assert len(result["step_seconds"]) == 1 and result["mean_step_seconds"] > 0
-    assert result["choices"]["encoder"] == "tiny_clip" and result["trainable_parameters"] > 0
+    assert result["choices"]["encoder"] == "tiny_clip_vit_l14" and result["trainable_parameters"] > 0
     assert result["max_memory_allocated_bytes"] is None  # only measured on CUDA

@@ -35,7 +35,7 @@ def train_step(choices: dict[str, str], overrides: list[str]) -> tuple[dict[str,
     return grads, calls["encoder"], calls["llm"]
 
 
-@pytest.mark.parametrize("encoder", ["tiny_clip", "vit_b16_in21k"])
+@pytest.mark.parametrize("encoder", ["tiny_clip_vit_l14", "full_vit_b16_in21k"])
 def test_checkpointing_recomputes_the_blocks_and_keeps_every_gradient(encoder: str) -> None:
     choices = {"encoder": encoder}
     small = OFFLINE_SMALL.get(encoder, [])

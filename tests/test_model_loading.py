@@ -74,7 +74,7 @@ def test_whole_model_from_local_folders_through_hydra(tmp_path: Path) -> None:
     torch.manual_seed(11)  # differs from the encoders' init_seed, so a match proves loading
     CLIPVisionModel(tiny_clip_vision_config()).save_pretrained(tmp_path / "clip")
     LlamaForCausalLM(tiny_llama_config()).save_pretrained(tmp_path / "llama")
-    cfg = compose_model_config({"encoder": "clip_vit_l14", "llm": "llama7b"}, [
+    cfg = compose_model_config({"encoder": "full_clip_vit_l14", "llm": "full_llama7b"}, [
         f"encoder.name_or_path={tmp_path / 'clip'}", "encoder.multiscale=1", "encoder.frozen_dtype=float32",
         f"llm.name_or_path={tmp_path / 'llama'}", "llm.frozen_dtype=float32",
     ])

@@ -44,8 +44,8 @@ def test_meta_build_allocates_nothing() -> None:
 
 
 def test_without_llm_matches_the_papers_052m_only_without_the_engine() -> None:
-    with_engine, _ = full_size_counts({"encoder": "clip_vit_l14", "llm": "none"})
-    without_engine, _ = full_size_counts({"encoder": "clip_vit_l14", "llm": "none", "token_engine": "none"})
+    with_engine, _ = full_size_counts({"encoder": "full_clip_vit_l14", "llm": "none"})
+    without_engine, _ = full_size_counts({"encoder": "full_clip_vit_l14", "llm": "none", "token_engine": "none"})
     assert without_engine.trainable == 319_680 + 131_200 + (128 * 512 + 512) + 2 * 512 == 517_952
     assert with_engine.trainable == without_engine.trainable + 12_352
 

@@ -30,7 +30,8 @@ def test_size_sets_the_frozen_dtype_on_every_device(tmp_path: Path, size: str, d
 @pytest.fixture(scope="module")
 def full_width() -> PneumoLLM:
     torch.manual_seed(0)
-    model = build_model(compose_model_config({"encoder": "clip_vit_l14", "llm": "llama7b"}, FULL_WIDTH_ONE_LAYER))
+    choices = {"encoder": "full_clip_vit_l14", "llm": "full_llama7b"}
+    model = build_model(compose_model_config(choices, FULL_WIDTH_ONE_LAYER))
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, RepAdapter):

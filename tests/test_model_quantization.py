@@ -137,7 +137,7 @@ def test_a_device_bitsandbytes_cannot_run_is_refused_before_building(monkeypatch
 
 def test_quantisation_composes_and_counts_on_meta_without_bitsandbytes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
-    cfg = compose_model_config({"encoder": "clip_vit_l14", "llm": "llama7b"},
+    cfg = compose_model_config({"encoder": "full_clip_vit_l14", "llm": "full_llama7b"},
                                ["encoder.pretrained=false", "llm.pretrained=false", "llm.quantization=nf4"])
     model = build_model(cfg, device="meta")
     assert model.llm.quantization == QuantSpec("nf4") and model.llm.hidden_size == 4096

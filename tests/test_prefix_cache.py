@@ -37,7 +37,7 @@ def _probs(root: Path) -> dict[str, float]:
         return {r["image_id"]: float(r["prob"]) for r in csv.DictReader(handle)}
 
 
-@pytest.mark.parametrize("arm", ["arm=baseline", "model=clip_linear_probe", "model=clip_coop"])
+@pytest.mark.parametrize("arm", ["arm=baseline", "arm=clip_linear_probe", "arm=clip_coop"])
 def test_cached_and_uncached_runs_give_the_same_results(manifest: Path, tmp_path: Path, arm: str,
                                                          tiny_cache_one_thread) -> None:
     plain = _run(manifest, tmp_path / "plain", arm, "feature_cache=off")

@@ -32,9 +32,9 @@ from pneumollm.training import run  # noqa: E402
 
 ARMS = {  # name -> overrides (the cacheable arms of the paper's tables)
     "table6 baseline": ["arm=baseline"],
-    "linear-probe CLIP": ["model=clip_linear_probe"],
-    "CoOp": ["model=clip_coop"],
-    "CoCoOp": ["model=clip_cocoop"],
+    "linear-probe CLIP": ["arm=clip_linear_probe"],
+    "CoOp": ["arm=clip_coop"],
+    "CoCoOp": ["arm=clip_cocoop"],
 }
 
 

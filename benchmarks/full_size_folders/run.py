@@ -173,7 +173,7 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": str(args.threads),
            "PYTHONUNBUFFERED": "1"}
     run_dir = work / "study" / "pneumollm" / "fold0"
-    size = (["encoder=clip_vit_l14", "llm=llama7b", "trainer=cpu", "encoder.multiscale=1"] if args.tiny
+    size = (["encoder=full_clip_vit_l14", "llm=full_llama7b", "trainer=cpu", "encoder.multiscale=1"] if args.tiny
             else ["size=full", "trainer=cpu"])
     train = [str(BIN / "pneumollm-train"), *size, f"encoder.name_or_path={clip_dir}",
              f"llm.name_or_path={llama_dir}", "data.fold=0", f"data.batch_size={args.batch_size}",

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumollm.data.targets import output_count, positive_output, task_cohort
 from pneumollm.models import task_texts
-from pneumollm.models.sizing import SIZES
+from pneumollm.models.registry import arm_label
 
 
 def data_slug(path: str) -> str:
@@ -26,15 +26,6 @@ def cohort_slug(key: str, *, _root_: DictConfig) -> str:
     missing (so output folders resolve, and the missing value is reported by the step that needs it)."""
     value = OmegaConf.select(_root_, key, throw_on_missing=False)
     return data_slug(str(value)) if value not in (None, "") else "unset"
-
-
-def sized(full: Any, tiny: Any, *, _root_: DictConfig) -> Any:
-    """``${sized:<full value>,<tiny value>}``: pick a value by the run's ``size_name`` (tiny or full)."""
-    size = _root_.get("size_name", "tiny")
-    if size not in SIZES:
-        raise ValueError(f"unknown size_name {size!r}; choose one of {SIZES}")
-    value = full if size == "full" else tiny
-    return OmegaConf.create(value) if isinstance(value, dict | list) else value
 
 
 def _task_of(root: DictConfig) -> tuple[str, Any, Any]:
@@ -60,10 +51,17 @@ def task_question(*, _root_: DictConfig) -> str:
     return task_texts.question(_task_of(_root_)[0])
 
 
+def row_label(arm: str, chosen: str | None) -> str:
+    """``${row_label:${experiment.arm},${hydra:runtime.choices.arm}}``: a row named with ``arm=`` is labelled by
+    its name in the paper's tables (``models.registry.arm_label``); a run without ``arm=`` by its arm id."""
+    return arm_label(str(arm)) if chosen is not None else str(arm)
+
+
 RESOLVERS = {
-    "data_slug": data_slug, "cohort_slug": cohort_slug, "sized": sized,
+    "data_slug": data_slug, "cohort_slug": cohort_slug,
     "task_outputs": output_count, "task_positive_output": positive_output, "task_cohort": task_cohort,
     "task_prompts": task_prompts, "task_answers": task_answers, "task_question": task_question,
+    "row_label": row_label,
 }
 
 

@@ -1,6 +1,6 @@
-"""Where the suite's configs and sweep files live: inside the package (``pneumollm/conf``,
-``pneumollm/experiments``), so a wheel or a non-editable install carries them; the checkout's top-level
-``conf/`` and ``experiments/`` are links to the same folders."""
+"""Where the suite's configs, sweep files and the paper's numbers live: inside the package (``pneumollm/conf``,
+``pneumollm/experiments``, ``pneumollm/analysis/data``), so a wheel or a non-editable install carries them;
+the checkout's top-level ``conf/`` and ``experiments/`` are links to the same folders."""
 
 from __future__ import annotations
 
@@ -26,3 +26,7 @@ def experiments_dir() -> Path:
     """The folder of sweep files, one per paper table or figure (the package's, or ``$PNEUMOLLM_EXPERIMENTS``)."""
     return Path(os.environ.get("PNEUMOLLM_EXPERIMENTS", PACKAGE_DIR / "experiments"))
 
+
+def paper_results_file() -> Path:
+    """The paper's reported numbers, one row per table row (``analysis/data/paper_results.csv``)."""
+    return PACKAGE_DIR / "analysis" / "data" / "paper_results.csv"

@@ -7,7 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pneumollm.models.arm_param_count import ARM_ROWS, DEFAULT_CONFIG_DIR, count_arm, format_table
+from pneumollm.models.arm_param_count import DEFAULT_CONFIG_DIR, count_arm, format_table
+from pneumollm.models.registry import arm_names
 
 DESCRIPTION = "Full-size parameter counts of the comparison arms, built on the meta device (no memory, no download)."
 
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR)
     parser.add_argument("arms", nargs="*", help="arms to count (default: all)")
     args = parser.parse_args(argv)
-    arms = args.arms or list(ARM_ROWS)
+    arms = args.arms or arm_names()
     print(format_table([count_arm(arm, args.config_dir) for arm in arms]))
 
 

@@ -29,8 +29,8 @@ from pneumollm.models.param_count import (
 def main(argv: Sequence[str] | None = None) -> None:
     """Print the table, or the counts and breakdown of one configuration."""
     parser = argparse.ArgumentParser(prog="pneumollm-param-count", description=__doc__)
-    parser.add_argument("overrides", nargs="*", help="group choices and dotlist overrides, e.g. "
-                        "encoder=clip_vit_l14 llm=llama7b token_engine.m=8; none: the full table")
+    parser.add_argument("overrides", nargs="*", help="group choices and dotlist overrides over the paper's "
+                        "configuration, e.g. encoder=full_vit_b16_in21k token_engine.m=8; none: the full table")
     parser.add_argument("--conf-dir", default=None, help=f"config folder (default {CONF_DIR})")
     args = parser.parse_args(argv)
     if not args.overrides:

@@ -117,10 +117,11 @@ def build_net(config: DictConfig, state: dict[str, torch.Tensor], where: Path,
 
     from pneumollm.config import register_resolvers
     from pneumollm.models.components.frozen import seeded
+    from pneumollm.models.saved_configs import current_net_config
 
     register_resolvers()
     with seeded(int(config.get("seed", 20))):  # as the training app builds it
-        net = instantiate(config.model, _convert_="object")
+        net = instantiate(current_net_config(config.model, str(where)), _convert_="object")
     loss = instantiate(config.loss)
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     missing = [n for n, p in net.named_parameters() if p.requires_grad and n not in weights]

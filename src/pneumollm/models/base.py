@@ -73,24 +73,37 @@ class ImageClassifier(nn.Module):
     """Base class of every model the training module can drive.
 
     Input: greyscale films, float tensor [B, 1, H, W] with values in [0, 1] (H = W = 224 by default).
-    Output of ``forward``: class logits [B, num_classes].
-    ``extract_features`` returns the head's input [B, F] (used for t-SNE plots).
-    Parameters that should not train must have ``requires_grad=False``; the training module
-    optimises exactly the parameters that require gradients and checkpoints only those.
+    As in timm, a model implements two steps: ``forward_features`` (films -> what its head reads) and
+    ``forward_head`` (that -> class logits [B, num_classes], or with ``pre_logits=True`` the head's input
+    features [B, F], used for t-SNE plots); ``forward``, ``extract_features`` and ``forward_with_features``
+    follow from them. Parameters that should not train must have ``requires_grad=False``; the training
+    module optimises exactly the parameters that require gradients and checkpoints only those.
     """
 
     num_classes: int = 2
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward_features(self, images: torch.Tensor) -> Any:  # pragma: no cover - abstract
+        """The output of the model's body: whatever ``forward_head`` reads (a tensor or a tuple of them)."""
         raise NotImplementedError
 
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward_head(self, features: Any, pre_logits: bool = False) -> torch.Tensor:  # pragma: no cover
+        """Logits [B, num_classes] from ``forward_features``' output; with ``pre_logits`` the head's input [B, F]."""
         raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The head's input features [B, F]."""
+        return self.forward_head(self.forward_features(images), pre_logits=True)
 
     def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(forward(images), extract_features(images))``; models whose features lie on the way to the
-        logits override it to run the network once."""
-        return self(images), self.extract_features(images)
+        """``(forward(images), extract_features(images))`` from one pass through the body."""
+        return self.head_outputs(self.forward_features(images))
+
+    def head_outputs(self, features: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the head's input features) from ``forward_features``' output."""
+        return self.forward_head(features), self.forward_head(features, pre_logits=True)
 
     def frozen_prefix(self) -> FrozenPrefix | None:
         """The frozen first part of the image path whose output the training loop may cache, or None."""

@@ -24,10 +24,10 @@ from pneumollm.models.pneumollm import PneumoLLM
 from pneumollm.paths import conf_dir
 
 CONF_DIR = conf_dir()
-GROUPS = ("encoder", "token_engine", "emitter", "llm", "head")
-DEFAULT_CHOICES = {"encoder": "tiny_clip", "token_engine": "cmte", "emitter": "emitter", "llm": "tiny_llama",
-                   "head": "mean_linear", "model": "pneumollm"}
-PAPER_CHOICES = {"encoder": "clip_vit_l14", "llm": "llama7b"}
+GROUPS = ("encoder", "token_engine", "neck", "emitter", "llm", "head")
+DEFAULT_CHOICES = {"encoder": "tiny_clip_vit_l14", "token_engine": "cmte", "neck": "bottleneck", "emitter": "emitter",
+                   "llm": "tiny_llama7b", "head": "mean_linear", "model": "pneumollm"}
+PAPER_CHOICES = {"encoder": "full_clip_vit_l14", "llm": "full_llama7b"}
 PAPER_TRAINABLE = 2_704_000
 
 
@@ -106,26 +106,22 @@ def full_size_counts(choices: dict[str, str], overrides: Sequence[str] = (),
 
 
 TABLE_ROWS: list[tuple[str, dict[str, str], tuple[str, ...]]] = [
-    ("paper: CLIP ViT-L/14 + LLaMA-7B, CMTE m=4, emitter", {"encoder": "clip_vit_l14", "llm": "llama7b"}, ()),
-    ("CLIP ViT-L/14 + LLaMA-7B, LoRA r=8 on q/k/v instead of RepAdapter",
-     {"encoder": "clip_vit_l14", "llm": "llama7b"}, ("llm.adapter.kind=lora",)),
-    ("CLIP ViT-L/14 + LLaMA-7B, CoOp m=4", {"encoder": "clip_vit_l14", "llm": "llama7b", "token_engine": "coop"}, ()),
-    ("CLIP ViT-L/14 + LLaMA-7B, CoCoOp m=4",
-     {"encoder": "clip_vit_l14", "llm": "llama7b", "token_engine": "cocoop"}, ()),
-    ("CLIP ViT-L/14 + LLaMA-7B, no token engine",
-     {"encoder": "clip_vit_l14", "llm": "llama7b", "token_engine": "none"}, ()),
-    ("CLIP ViT-L/14 + LLaMA-7B, no adapters (Table 6 baseline, no engine)",
-     {"encoder": "clip_vit_l14", "llm": "llama7b", "token_engine": "none"},
+    ("paper: CLIP ViT-L/14 + LLaMA-7B, CMTE m=4, emitter", PAPER_CHOICES, ()),
+    ("CLIP ViT-L/14 + LLaMA-7B, LoRA r=8 on q/k/v instead of RepAdapter", PAPER_CHOICES, ("llm.adapter.kind=lora",)),
+    ("CLIP ViT-L/14 + LLaMA-7B, CoOp m=4", {**PAPER_CHOICES, "token_engine": "coop"}, ()),
+    ("CLIP ViT-L/14 + LLaMA-7B, CoCoOp m=4", {**PAPER_CHOICES, "token_engine": "cocoop"}, ()),
+    ("CLIP ViT-L/14 + LLaMA-7B, no token engine", {**PAPER_CHOICES, "token_engine": "none"}, ()),
+    ("CLIP ViT-L/14 + LLaMA-7B, no adapters (Table 6 baseline, no engine)", {**PAPER_CHOICES, "token_engine": "none"},
      ("encoder.adapter.enabled=false", "llm.adapter.kind=none")),
-    ("CLIP ViT-L/14, no LLM (hidden 512)", {"encoder": "clip_vit_l14", "llm": "none"}, ()),
-    ("CLIP ViT-L/14, no LLM, no token engine", {"encoder": "clip_vit_l14", "llm": "none", "token_engine": "none"}, ()),
-    ("ViT-B/16 in21k + LLaMA-7B", {"encoder": "vit_b16_in21k", "llm": "llama7b"}, ()),
-    ("ViT-B/16 in21k, no LLM", {"encoder": "vit_b16_in21k", "llm": "none"}, ()),
-    ("ViT-L/16 in21k + LLaMA-7B", {"encoder": "vit_l16_in21k", "llm": "llama7b"}, ()),
-    ("ViT-L/16 in21k, no LLM", {"encoder": "vit_l16_in21k", "llm": "none"}, ()),
-    ("14x14 conv stem (trainable) + LLaMA-7B", {"encoder": "conv_stem", "llm": "llama7b"}, ()),
-    ("14x14 conv stem (trainable), no LLM", {"encoder": "conv_stem", "llm": "none"}, ()),
-    ("tiny CLIP + tiny Llama (CPU demo)", {"encoder": "tiny_clip", "llm": "tiny_llama"}, ()),
+    ("CLIP ViT-L/14, no LLM (hidden 512)", {**PAPER_CHOICES, "llm": "none"}, ()),
+    ("CLIP ViT-L/14, no LLM, no token engine", {**PAPER_CHOICES, "llm": "none", "token_engine": "none"}, ()),
+    ("ViT-B/16 in21k + LLaMA-7B", {**PAPER_CHOICES, "encoder": "full_vit_b16_in21k"}, ()),
+    ("ViT-B/16 in21k, no LLM", {**PAPER_CHOICES, "encoder": "full_vit_b16_in21k", "llm": "none"}, ()),
+    ("ViT-L/16 in21k + LLaMA-7B", {**PAPER_CHOICES, "encoder": "full_vit_l16_in21k"}, ()),
+    ("ViT-L/16 in21k, no LLM", {**PAPER_CHOICES, "encoder": "full_vit_l16_in21k", "llm": "none"}, ()),
+    ("14x14 conv stem (trainable) + LLaMA-7B", {**PAPER_CHOICES, "encoder": "full_conv_stem"}, ()),
+    ("14x14 conv stem (trainable), no LLM", {**PAPER_CHOICES, "encoder": "full_conv_stem", "llm": "none"}, ()),
+    ("tiny CLIP + tiny Llama (CPU demo)", {"encoder": "tiny_clip_vit_l14", "llm": "tiny_llama7b"}, ()),
 ]
 
 

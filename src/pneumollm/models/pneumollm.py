@@ -17,17 +17,18 @@ from pneumollm.models.components.neck import Neck
 from pneumollm.models.components.token_engines import NoTokens, TokenEngine
 
 TokenEngineFactory = Callable[..., TokenEngine]
+NeckFactory = Callable[..., nn.Module]
 HeadFactory = Callable[..., nn.Module]
 
 
 class PneumoLLM(ImageClassifier):
     """The paper's model, assembled from interchangeable parts.
 
-    ``encoder`` and ``llm`` are built modules; ``token_engine`` and ``head`` may be factories
+    ``encoder`` and ``llm`` are built modules; ``token_engine``, ``neck`` and ``head`` may be factories
     (Hydra ``_partial_: true``) that this class calls with the sizes it wires itself:
-    token engine width = encoder width, neck = encoder width -> ``neck_dim`` -> trunk width,
-    head input = trunk width. Only adapters, token engine, neck and head require gradients
-    (plus anything an encoder declares trainable, e.g. the conv stem).
+    token engine width = encoder width, neck = encoder width -> trunk width (``Neck``: through a
+    bottleneck of 128 by default), head input = trunk width. Only adapters, token engine, neck and head
+    require gradients (plus anything an encoder declares trainable, e.g. the conv stem).
     """
 
     def __init__(
@@ -37,7 +38,7 @@ class PneumoLLM(ImageClassifier):
         token_engine: TokenEngine | TokenEngineFactory | None = None,
         emitter: InformationEmitter | None = None,
         head: nn.Module | HeadFactory | None = None,
-        neck_dim: int = 128,
+        neck: nn.Module | NeckFactory | None = None,
         num_classes: int = 2,
     ) -> None:
         super().__init__()
@@ -46,7 +47,7 @@ class PneumoLLM(ImageClassifier):
         self.token_engine = _build(token_engine, TokenEngine, NoTokens, width=encoder.width)
         if self.token_engine.width != encoder.width:
             raise ValueError(f"token engine width {self.token_engine.width} != encoder width {encoder.width}")
-        self.neck = Neck(encoder.width, llm.hidden_size, hidden=neck_dim)
+        self.neck = _build(neck, nn.Module, Neck, in_features=encoder.width, out_features=llm.hidden_size)
         self.llm = llm
         self.emitter = emitter if emitter is not None else InformationEmitter("emitter")
         self.head = _build(head, nn.Module, MeanLinearHead, in_features=llm.hidden_size, num_classes=num_classes)
@@ -74,15 +75,13 @@ class PneumoLLM(ImageClassifier):
                                 dtype=self.llm.mask_dtype(trunk_input.device), device=trunk_input.device)
         return self.llm(trunk_input, mask)
 
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head.pool(self.trunk_output(self.trunk_input(images)))
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk's output Z [B, d+m, width] that the head reads."""
+        return self.trunk_output(self.trunk_input(images))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk_output(self.trunk_input(images)))
-
-    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.extract_features(images)
-        return self.head.classify(features), features
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The head's logits; ``pre_logits``: its pooled input [B, width]."""
+        return self.head.pool(tokens) if pre_logits else self.head(tokens)
 
     def frozen_prefix(self) -> FrozenPrefix | None:
         """The encoder, when nothing in it trains (no adapters, a frozen backbone): its source tokens."""
@@ -92,8 +91,7 @@ class PneumoLLM(ImageClassifier):
 
     def forward_from_prefix(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, head-input features) from the encoder's source tokens [B, d, width]."""
-        features = self.head.pool(self.trunk_output(self._neck_output(source)))
-        return self.head.classify(features), features
+        return self.head_outputs(self.trunk_output(self._neck_output(source)))
 
     def fold_adapters(self) -> int:
         """Merge every adapter into the frozen weights for inference (eval-mode function unchanged)."""

@@ -208,17 +208,23 @@ class FrozenAnswerLM(nn.Module):
                 parts.append(embed(getattr(self, name)).unsqueeze(0).expand(batch, -1, -1))
         return torch.cat(parts, dim=1)
 
-    def answer_from_embeds(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(answer logits [B, A], final-normed hidden state at the last position [B, hidden]), both float32."""
-        hidden = self.lm.get_decoder()(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state[:, -1]
+    def last_hidden(self, slots: Mapping[str, torch.Tensor],
+                    prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """The final-normed hidden state at the last position [B, hidden] (the LM head's input), frozen dtype."""
+        inputs_embeds = self.sequence(slots, prefix)
+        return self.lm.get_decoder()(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state[:, -1]
+
+    def answer_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head's logits of the answer tokens [B, len(answers)], float32, from ``last_hidden``."""
         head = self.lm.get_output_embeddings()
         weight = head.weight[self.answer_token_ids]
         bias = None if getattr(head, "bias", None) is None else head.bias[self.answer_token_ids]
-        return F.linear(hidden, weight, bias).float(), hidden.float()
+        return F.linear(hidden, weight, bias).float()
 
     def forward(self, slots: Mapping[str, torch.Tensor],
                 prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.answer_from_embeds(self.sequence(slots, prefix))
+        hidden = self.last_hidden(slots, prefix)
+        return self.answer_logits(hidden), hidden.float()
 
 
 def _check_causal_lm(model: nn.Module, source: str) -> None:

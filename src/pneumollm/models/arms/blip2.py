@@ -27,6 +27,7 @@ from pneumollm.models.arms.answer_llm import (
 from pneumollm.models.base import ImageClassifier, InputNormalizer
 from pneumollm.models.components.encoders import CLIP_ARCHITECTURES, CLIP_VISION_RULES
 from pneumollm.models.components.pretrained import load_or_build
+from pneumollm.models.registry import register_arm
 
 BLIP2_TEMPLATE = "{image}{bos}Question: {question} Answer:"
 # BERT-base, as BLIP-2's Q-Former (transformers' Blip2QFormerConfig defaults); encoder_hidden_size follows the
@@ -89,6 +90,7 @@ class FrozenClipFeatures(nn.Module):
         return self.model(pixel_values=pixels).last_hidden_state.float()
 
 
+@register_arm("blip2", family="llm")
 class BLIP2(ImageClassifier):
     """BLIP-2-style question answering on a film; see the module docstring for the data flow.
 
@@ -137,15 +139,10 @@ class BLIP2(ImageClassifier):
         """The projected query outputs [B, num_query_tokens, LLM width] that precede the question."""
         return self.projection(self.query_outputs(images))
 
-    def answer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B, 2] = [No, Yes], the LM head's input at the answer position [B, LLM width])."""
-        return self.answer_lm({"image": self.soft_prompt(images)})
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The LLM's final-normed hidden state at the answer position [B, LLM width] (the LM head's input)."""
+        return self.answer_lm.last_hidden({"image": self.soft_prompt(images)})
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.answer(images)[0]
-
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.answer(images)[1]
-
-    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.answer(images)
+    def forward_head(self, hidden: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The LM head's logits [B, 2] = [No, Yes]; ``pre_logits``: its input (float32)."""
+        return hidden.float() if pre_logits else self.answer_lm.answer_logits(hidden)

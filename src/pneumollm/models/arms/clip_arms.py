@@ -23,9 +23,32 @@ from pneumollm.models.arms.clip_backbone import (
 )
 from pneumollm.models.arms.prompt_learners import PromptLearner
 from pneumollm.models.base import FrozenPrefix, ImageClassifier, module_settings
+from pneumollm.models.registry import register_arm
 
 
-class ZeroShotCLIP(ImageClassifier):
+class CLIPClassifier(ImageClassifier):
+    """A frozen CLIP whose image embedding [B, P] is the body's output (``forward_features``) and the frozen
+    prefix (its embeddings can be cached per film); subclasses define the head on it."""
+
+    clip: FrozenCLIP
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP's image embeddings [B, P] (nothing before them trains)."""
+        with torch.no_grad():
+            return self.clip.encode_image(images)
+
+    def frozen_prefix(self) -> FrozenPrefix:
+        """CLIP's frozen image path, the prefix every CLIP arm shares."""
+        embedding = self.clip.image_embedding()
+        return FrozenPrefix(embedding, module_settings(embedding))
+
+    def forward_from_prefix(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, head-input features) from CLIP's image embeddings [B, P]."""
+        return self.head_outputs(embedding)
+
+
+@register_arm("clip_zero_shot", family="clip")
+class ZeroShotCLIP(CLIPClassifier):
     """logit_c = CLIP's logit scale x cos(image embedding, text embedding of prompt c); nothing trains."""
 
     def __init__(
@@ -46,25 +69,15 @@ class ZeroShotCLIP(ImageClassifier):
         """Projected embeddings of the class prompts [C, P]."""
         return self.clip.encode_text(self.prompt_ids)
 
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised CLIP image embeddings [B, P]."""
-        return F.normalize(self.clip.encode_image(images), dim=-1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_features(images)[0]
-
-    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward_from_prefix(self.clip.encode_image(images))
-
-    def frozen_prefix(self) -> FrozenPrefix:
-        return _image_prefix(self.clip)
-
-    def forward_from_prefix(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, normalised embedding) from CLIP's image embeddings [B, P]."""
-        return cosine_logits(image, self.text_features(), self.clip.logit_scale()), F.normalize(image, dim=-1)
+    def forward_head(self, embedding: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Scaled cosines with the prompts' embeddings; ``pre_logits``: the L2-normalised image embedding."""
+        if pre_logits:
+            return F.normalize(embedding, dim=-1)
+        return cosine_logits(embedding, self.text_features(), self.clip.logit_scale())
 
 
-class LinearProbeCLIP(ImageClassifier):
+@register_arm("clip_linear_probe", family="clip")
+class LinearProbeCLIP(CLIPClassifier):
     """Logistic regression on frozen CLIP image embeddings: logits = [0, w . x + b].
 
     A single logit ``z`` on the 768-d embedding (769 parameters, the paper's 0.0008 M); the fixed 0
@@ -94,30 +107,19 @@ class LinearProbeCLIP(ImageClassifier):
         nn.init.zeros_(self.probe.weight)
         nn.init.zeros_(self.probe.bias)
 
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The probe's input: CLIP image embeddings [B, P] (L2-normalised when ``normalize_features``)."""
-        features = self.clip.encode_image(images)
-        return F.normalize(features, dim=-1) if self.normalize_features else features
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_features(images)[0]
-
-    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward_from_prefix(self.clip.encode_image(images))
-
-    def frozen_prefix(self) -> FrozenPrefix:
-        return _image_prefix(self.clip)
-
-    def forward_from_prefix(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, the probe's input) from CLIP's image embeddings [B, P]."""
-        features = F.normalize(image, dim=-1) if self.normalize_features else image
+    def forward_head(self, embedding: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The probe's logits; ``pre_logits``: its input (L2-normalised when ``normalize_features``)."""
+        features = F.normalize(embedding, dim=-1) if self.normalize_features else embedding
+        if pre_logits:
+            return features
         z = self.probe(features)
         if not self.reference_logit:
-            return z, features
-        return torch.cat([torch.zeros_like(z[:, :1]), z], dim=1), features
+            return z
+        return torch.cat([torch.zeros_like(z[:, :1]), z], dim=1)
 
 
-class CoOpCLIP(ImageClassifier):
+@register_arm("clip_coop", family="clip")
+class CoOpCLIP(CLIPClassifier):
     """CoOp: ``n_ctx`` learnable context vectors before the class words on CLIP's text side; CLIP frozen.
 
     ``class_names`` default to the paper's text labels, so each prompt reads
@@ -158,28 +160,15 @@ class CoOpCLIP(ImageClassifier):
         flat = self.clip.encode_text_embeddings(embeds.flatten(0, 1), learner.eos_positions.repeat(batch))
         return flat.view(batch, n_cls, -1)
 
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised CLIP image embeddings [B, P]."""
-        with torch.no_grad():  # nothing before the image embedding trains
-            return F.normalize(self.clip.encode_image(images), dim=-1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_features(images)[0]
-
-    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():  # nothing before the image embedding trains
-            embedding = self.clip.encode_image(images)
-        return self.forward_from_prefix(embedding)
-
-    def frozen_prefix(self) -> FrozenPrefix:
-        return _image_prefix(self.clip)
-
-    def forward_from_prefix(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, normalised image embedding) from CLIP's image embeddings [B, P]."""
+    def forward_head(self, embedding: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Scaled cosines with the learnt prompts' embeddings; ``pre_logits``: the normalised image embedding."""
         image = F.normalize(embedding, dim=-1)
-        return cosine_logits(image, self.text_features(image), self.clip.logit_scale()), image
+        if pre_logits:
+            return image
+        return cosine_logits(image, self.text_features(image), self.clip.logit_scale())
 
 
+@register_arm("clip_cocoop", family="clip")
 class CoCoOpCLIP(CoOpCLIP):
     """CoCoOp: CoOp plus a meta-net (Linear P -> P/16, ReLU, Linear -> width) on the normalised image
     embedding whose output shifts every context vector, so each film gets its own prompts.
@@ -200,9 +189,3 @@ class CoCoOpCLIP(CoOpCLIP):
         meta_net_reduction: int = 16,
     ) -> None:
         super().__init__(clip, tokenizer, class_names, n_ctx, ctx_init, normalization, dtype, meta_net_reduction)
-
-
-def _image_prefix(clip: FrozenCLIP) -> FrozenPrefix:
-    """CLIP's frozen image path, the prefix every CLIP arm shares (its embeddings can be cached per film)."""
-    embedding = clip.image_embedding()
-    return FrozenPrefix(embedding, module_settings(embedding))

@@ -27,6 +27,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from pneumollm.models.base import ImageClassifier, InputNormalizer
+from pneumollm.models.registry import register_arm
 
 BOTTLENECK_EXPANSION = 4
 _BatchNorm = partial(nn.BatchNorm2d, eps=1e-6)
@@ -251,6 +252,7 @@ def load_conformer_checkpoint(net: ConformerNet, checkpoint_path: str | Path) ->
     return skipped
 
 
+@register_arm("conformer", published={"num_classes": 1000})
 class ConformerClassifier(ImageClassifier):
     """Conformer trained end to end; ``forward`` averages the CNN and transformer heads' logits.
 
@@ -291,10 +293,13 @@ class ConformerClassifier(ImageClassifier):
         """Logits of the CNN head and of the transformer head, each [B, num_classes]."""
         return self.net(self.normalize(images))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        conv_logits, trans_logits = self.head_logits(images)
-        return (conv_logits + trans_logits) / 2
+    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled CNN features [B, C] and the normalised CLS token [B, D] that the two heads read."""
+        return self.net.forward_features(self.normalize(images))
 
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Both heads' inputs side by side: pooled CNN features and the normalised CLS token."""
-        return torch.cat(self.net.forward_features(self.normalize(images)), dim=1)
+    def forward_head(self, features: tuple[torch.Tensor, torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+        """The mean of the two heads' logits; ``pre_logits``: both heads' inputs side by side [B, C + D]."""
+        if pre_logits:
+            return torch.cat(features, dim=1)
+        conv_features, cls_token = features
+        return (self.net.conv_cls_head(conv_features) + self.net.trans_cls_head(cls_token)) / 2

@@ -36,6 +36,7 @@ from pneumollm.models.components.adapters import (
 )
 from pneumollm.models.components.encoders import ClipVisionEncoder
 from pneumollm.models.components.neck import Neck
+from pneumollm.models.registry import register_arm
 
 LAVIN_TEMPLATE = "{bos}Image: {image}\nQuestion: {question}\nAnswer:"
 LAVIN_ADAPTER_KINDS = ("router", "repadapter", "none")
@@ -112,6 +113,7 @@ def attach_routed_adapters(sites: Iterable[AdapterSite], dim: int, spec: LavinAd
                                                            spec.temperature))
 
 
+@register_arm("lavin", family="llm")
 class LaVIN(ImageClassifier):
     """LaVIN-style question answering on a film; see the module docstring for the data flow.
 
@@ -160,15 +162,10 @@ class LaVIN(ImageClassifier):
         """The neck's output [B, d, LLM width]: the CLIP CLS tokens mapped into the LLM's embedding space."""
         return self.neck(self.encoder(images))
 
-    def answer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B, 2] = [No, Yes], the LM head's input at the answer position [B, LLM width])."""
-        return self.answer_lm({"image": self.image_tokens(images)}, prefix=self.modality_token)
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The LLM's final-normed hidden state at the answer position [B, LLM width] (the LM head's input)."""
+        return self.answer_lm.last_hidden({"image": self.image_tokens(images)}, prefix=self.modality_token)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.answer(images)[0]
-
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.answer(images)[1]
-
-    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.answer(images)
+    def forward_head(self, hidden: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The LM head's logits [B, 2] = [No, Yes]; ``pre_logits``: its input (float32)."""
+        return hidden.float() if pre_logits else self.answer_lm.answer_logits(hidden)

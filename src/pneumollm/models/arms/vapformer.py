@@ -32,10 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from pneumollm.models.arms.timm_classifier import create_timm_model
 from pneumollm.models.base import ImageClassifier, InputNormalizer
-from pneumollm.models.timm_classifier import create_timm_model
+from pneumollm.models.registry import register_arm
 
 
+@register_arm("vapformer")
 class VAPFormer(ImageClassifier):
     """Frozen ViT with deep visual + attribute prompts, a carried global prompt token and a linear head."""
 
@@ -77,7 +79,7 @@ class VAPFormer(ImageClassifier):
         self.vit.eval()  # frozen backbone: dropout / drop-path stay off
         return self
 
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """The final-LayerNorm CLS token [B, dim] that the head reads."""
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(self.normalize(images)))))
@@ -94,9 +96,5 @@ class VAPFormer(ImageClassifier):
             patches = x[:, n_prefix + n_carried + prompts.shape[1]:]
         return vit.norm(prefix[:, 0])
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.extract_features(images))
-
-    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.extract_features(images)
-        return self.head(features), features
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return features if pre_logits else self.head(features)

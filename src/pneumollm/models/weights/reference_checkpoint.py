@@ -124,7 +124,7 @@ class ReferenceSettings:
             "encoder.multiscale": self.multiscale, "encoder.adapter.enabled": True,
             "encoder.adapter.hidden": self.adapter_hidden, "llm.adapter.kind": "repadapter",
             "llm.adapter.hidden": self.adapter_hidden, "token_engine.m": self.diagnosis_tokens,
-            "model.neck_dim": self.neck_hidden, "llm.quantization": self.quantization, "emitter.mode": "emitter",
+            "neck.hidden": self.neck_hidden, "llm.quantization": self.quantization, "emitter.mode": "emitter",
             "data.task": "binary"}
         values.update({q.setting: q.value for q in REFERENCE_QUIRKS if q.config})
         return values
