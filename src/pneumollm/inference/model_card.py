@@ -224,9 +224,11 @@ def selection_lines(record: dict[str, Any], protocol: Mapping[str, Any] | None, 
                   "- Recalibration: " + "; ".join(recalibration.get(m, m) for m in protocol.get("calibration", []))
                   + "."]
         if any(m != "none" for m in protocol.get("calibration", [])):
+            chosen_on = (" (the validation threshold is chosen on the recalibrated probabilities)"
+                         if "validation" in protocol.get("threshold_modes", []) else "")
             lines.append("  It is fitted at the selected checkpoint, never on the test fold, and applied before "
                          "anything else: `prob`, the threshold and every figure below are the recalibrated "
-                         f"P({positive}) (the validation threshold is chosen on the recalibrated probabilities).")
+                         f"P({positive}){chosen_on}.")
     lines += ["", f"Output per film: `prob` = P({positive}) (the mean of the fold models'), `logit` (its log-odds) and "
                   f"`pred` = 1 when `prob` is above the ensemble's threshold (the mean of the folds').", "",
               markdown_table(["fold", "selected epoch", "threshold", "recalibration"],
