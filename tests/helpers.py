@@ -77,6 +77,25 @@ def make_toy_manifest(root: Path, n_patients: int = 20, films_per_patient: int =
     return write_cohort(root, films())
 
 
+def make_noisy_manifest(root: Path, n_patients: int = 45, size: int = 40, flip_every: int = 4,
+                        faulty: bool = False, seed: int = 0) -> Path:
+    """A toy cohort like ``make_toy_manifest``'s (one film per patient) whose labels are wrong for every
+    ``flip_every``-th pair of patients (one of each class), so validation films do not separate the classes; a
+    ``site`` column (A for the first half of the patients, B for the others) and, with ``faulty``, a missing film
+    and a 10-pixel one (too small)."""
+    rng = np.random.default_rng(seed)
+    films = []
+    for p in range(n_patients):
+        label = int(p % 2 == 0)
+        shown = 1 - label if (p // 2) % flip_every == 0 else label
+        films.append((f"films/p{p:03d}.png", _dotted_film(rng, size, 6 if label else 0),
+                      (f"P{p:03d}", "pneumoconiosis" if shown else "normal", "A" if p < n_patients // 2 else "B")))
+    if faulty:
+        films += [("films/missing.png", None, ("P900", "normal", "A")),
+                  ("films/tiny.png", rng.normal(90, 12, (10, 10)), ("P901", "pneumoconiosis", "B"))]
+    return write_cohort(root, films, header=("path", "patient_id", "label", "site"))
+
+
 def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train",
                   config_dir: Path | None = None):
     """Compose the training config like the Hydra app does (hydra node included), run dir under ``run_dir``."""

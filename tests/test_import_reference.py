@@ -158,7 +158,8 @@ def test_the_default_import_repeats_the_reference_quirks_and_says_what_it_is(tin
     assert record["imported"]["base_weights_checked"] is False and record["folds"][0]["frozen_fingerprints"] is None
     card = (export / "README.md").read_text()
     for text in ("imported, not trained by this suite", "Base weights unchecked", record["imported"]["checkpoints"]
-                 [0]["sha256"], "`token_engine.freeze` = True", "rows swapped", "are **not** checked"):
+                 [0]["sha256"], "`token_engine.freeze` = True", "rows swapped", "are **not** checked",
+                 "## Intended use and limitations", "Research use only", "## Model performance", "Not by this suite"):
         assert text in card
     # the weights are the mapped ones, the CMTE's random values included
     from safetensors.torch import load_file

@@ -56,11 +56,15 @@ def test_old_and_unknown_metrics_keys_never_break_reading(tmp_path: Path) -> Non
     old = FoldMetrics.from_dict({"test/auc": 70.0, "fold": 0, "arm": "a", "val": None, "cohort": None})
     assert old.task is None and old.threshold is None and old.cohort == {} and old.val == {}
     assert math.isnan(old.figure("avg")) and old.figure("auc") == 70.0
-    future = FoldMetrics.from_dict({**WRITTEN_BEFORE, "calibration": {"ece": 0.1}})
-    assert future.extra == {"calibration": {"ece": 0.1}}
+    future = FoldMetrics.from_dict({**WRITTEN_BEFORE, "uncertainty": {"ece": 0.1}})
+    assert future.extra == {"uncertainty": {"ece": 0.1}}
     folder = RunFolder(tmp_path)
     folder.write_metrics(future)
-    assert json.loads((tmp_path / "metrics.json").read_text())["calibration"] == {"ece": 0.1}  # kept on rewrite
+    assert json.loads((tmp_path / "metrics.json").read_text())["uncertainty"] == {"ece": 0.1}  # kept on rewrite
+    recalibrated = FoldMetrics.from_dict({**WRITTEN_BEFORE, "calibration": {"method": "platt", "a": 1.5, "b": 0.2}})
+    assert recalibrated.calibration == {"method": "platt", "a": 1.5, "b": 0.2} and recalibrated.extra == {}
+    assert recalibrated.to_dict()["calibration"] == recalibrated.calibration
+    assert "calibration" not in FoldMetrics.from_dict(WRITTEN_BEFORE).to_dict()  # written only when set
     (tmp_path / "metrics.json").write_text("{not json")
     assert folder.metrics() is None
 

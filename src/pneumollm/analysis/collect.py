@@ -12,7 +12,7 @@ from typing import Any
 from pneumollm.data.targets import BINARY, BINARY_CLASSES, MULTICLASS, MULTILABEL, LabelTask
 from pneumollm.errors import UserError
 from pneumollm.training.fold_metrics import FoldMetrics
-from pneumollm.training.records import PREDICTION_COLUMNS, task_column_names
+from pneumollm.training.records import PREDICTION_COLUMNS, RAW_COLUMNS, task_column_names
 from pneumollm.training.run_folder import CONFIG_FILE, PREDICTIONS_FILE, RunFolder, run_dirs_under
 
 RUNS_SUBDIR = "runs"  # paper sweeps keep their runs in <study>/runs/<arm>/fold<k>
@@ -55,7 +55,7 @@ def read_predictions(path: Path, task: LabelTask | None = None) -> list[Predicti
     """A run's ``predictions.csv``; ``task``: the run's task, whose columns (``task_column_names``) fill
     ``target`` and ``outputs`` instead of ``extra``."""
     task = task or LabelTask()
-    own = {*PREDICTION_COLUMNS, *task_column_names(task)}
+    own = {*PREDICTION_COLUMNS, *RAW_COLUMNS, *task_column_names(task)}
     with path.open(newline="", encoding="utf-8") as handle:
         return [Prediction(r["image_id"], r["patient_id"], int(r["fold"]), int(r["label"]), float(r["prob"]),
                            {k: v for k, v in r.items() if k not in own and k is not None}, *_task_values(task, r),

@@ -1,5 +1,6 @@
 """``pneumollm-export ARM_DIR --out DIR``: an arm's fold models (trainable weights only), their configs,
-preprocessing, base-weight sources and fingerprints, metrics and a model card, to share or to predict with."""
+preprocessing, base-weight sources and fingerprints, recalibrations, metrics and a model card (docs/model_card.md),
+to share or to predict with."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("arm_dir", type=Path,
                         help="an arm's folder with fold*/ runs (e.g. results/table6/demo/runs/pneumollm)")
     parser.add_argument("--out", type=Path, required=True, help="the folder to write")
+    parser.add_argument("--bootstrap", type=int, default=2000,
+                        help="patient-bootstrap resamples of the model card's intervals (default 2000)")
     args = parser.parse_args(argv)
     with user_errors_exit():
         from pneumollm.inference.export import export_arm
 
-        out = export_arm(args.arm_dir, args.out)
+        out = export_arm(args.arm_dir, args.out, n_boot=args.bootstrap)
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
         say(f"exported {args.arm_dir} -> {out} ({size / 1e6:.1f} MB; model card: {out / 'README.md'})")
     return 0

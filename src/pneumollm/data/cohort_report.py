@@ -7,6 +7,7 @@ must not invalidate every prepared film and run.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -37,6 +38,22 @@ def count_reasons(skipped: Sequence[Skipped]) -> str:
     """``"38x smaller than the 64-pixel minimum (data.min_film_size); 2x file not found"``, commonest first."""
     counts = Counter(reason_kind(s.reason) for s in skipped)
     return "; ".join(f"{n}x {kind}" for kind, n in counts.most_common())
+
+
+def report_counts(report_csv: Path) -> dict[str, object] | None:
+    """What a prepared cohort's ``preprocess_report.csv`` says: films listed, used and skipped, the skipped ones
+    counted by reason kind (``reason_kind``, commonest first) and the used ones by lung-crop outcome; None when the
+    report cannot be read (a moved or deleted cohort folder)."""
+    try:
+        with Path(report_csv).open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return None
+    used = [r for r in rows if r.get("status") == "ok"]
+    skipped = Counter(reason_kind(r.get("reason") or "") for r in rows if r.get("status") == "skipped")
+    return {"films_listed": len(rows), "films_used": len(used), "films_skipped": sum(skipped.values()),
+            "skipped_reasons": dict(skipped.most_common()),
+            "crop": dict(sorted(Counter(r.get("crop_status") or "?" for r in used).items()))}
 
 
 def smallest_film(skipped: Sequence[Skipped]) -> tuple[int, int] | None:

@@ -24,6 +24,7 @@ from pneumollm.data.preprocess import PreprocessSettings
 from pneumollm.data.preprocess_plan import preprocess_settings_from_config, settings_from_record
 from pneumollm.data.targets import BINARY, LabelTask
 from pneumollm.errors import UserError
+from pneumollm.training.recalibration import Recalibration
 from pneumollm.training.run_folder import CONFIG_FILE, METRICS_FILE, RunFolder
 
 EXPORT_FILE = "export.json"
@@ -43,11 +44,13 @@ class FoldModel:
     loss: Any  # the training loss: ``positive_probability(logits)`` turns logits into P(pneumoconiosis)
     threshold: float
     notes: list[str] = field(default_factory=list)
+    recalibration: Recalibration | None = None  # fitted on the fold's validation patients (calibration=...)
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """P(pneumoconiosis) [B] of films [B, 1, H, W] in [0, 1] (on the net's device)."""
-        return self.loss.positive_probability(self.net(images).float()).float()
+        """P(pneumoconiosis) [B] of films [B, 1, H, W] in [0, 1] (on the net's device; recalibrated where the fold
+        was)."""
+        return self.scores(images)[0]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,12 +60,16 @@ class FoldModel:
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(P(class 1) [B], each output's probability [B, C], the log-odds of P(class 1) [B] from the logits) of
-        films, as the fold runner computes them for predictions.csv."""
+        films, as the fold runner computes them for predictions.csv: P(class 1) and its log-odds recalibrated (in
+        float64) where the fold was, the outputs as the model gives them."""
         from pneumollm.training.losses import positive_log_odds
 
         logits = self.net(images).float()
-        return (self.loss.positive_probability(logits).float(), self.loss.output_probabilities(logits).float(),
-                positive_log_odds(self.loss, logits))
+        prob, log_odds = self.loss.positive_probability(logits).float(), positive_log_odds(self.loss, logits)
+        if self.recalibration is not None:
+            recalibrated = self.recalibration.apply(log_odds.double().cpu().numpy())
+            prob, log_odds = (torch.from_numpy(v).to(log_odds.device) for v in recalibrated)
+        return prob, self.loss.output_probabilities(logits).float(), log_odds
 
 
 @dataclass
@@ -167,7 +174,8 @@ def _load_run(run_dir: Path, device: torch.device, overrides: Sequence[str], fol
     threshold = float(metrics.threshold if metrics.threshold is not None else config.get("threshold", 0.5))
     fold = int(metrics.fold if metrics.fold is not None else config.data.fold)
     settings = training_preprocessing(folder.preprocessing(), recorded, config)
-    return FoldModel(fold, net, loss, threshold, notes), config, settings
+    recalibration = Recalibration.from_record(metrics.calibration)
+    return FoldModel(fold, net, loss, threshold, notes, recalibration), config, settings
 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu", overrides: Sequence[str] = (),
@@ -215,7 +223,8 @@ def load_export(path: Path, device: torch.device, overrides: Sequence[str] = (),
         if entry.get("frozen_fingerprints") is None and record.get("imported"):
             notes.insert(0, "base weights not checked: the imported weights carry no fingerprints of them "
                             "(pneumollm-import-reference --fingerprint records them)")
-        folds.append(FoldModel(int(entry["fold"]), net, loss, float(entry["threshold"]), notes))
+        folds.append(FoldModel(int(entry["fold"]), net, loss, float(entry["threshold"]), notes,
+                               Recalibration.from_record(entry.get("calibration"))))
     plan = settings_from_record(record["preprocessing"], path / EXPORT_FILE) if record.get("preprocessing") else None
     profile = record.get("training_films")
     return TrainedModel(path, str(record["arm"]), folds, config, training_preprocessing(plan, recorded, config),

@@ -80,14 +80,21 @@ def separated(labels: np.ndarray, z: np.ndarray) -> bool:
     return bool(z[positive].min() >= z[~positive].max() or z[positive].max() <= z[~positive].min())
 
 
-def calibration_slope(labels: np.ndarray, z: np.ndarray) -> float:
-    """β of logit P(y=1) = α + β·z by unpenalised logistic regression; NaN where it has no finite estimate."""
+def logistic_recalibration(labels: np.ndarray, z: np.ndarray) -> tuple[float, float]:
+    """(α, β) of logit P(y=1) = α + β·z by unpenalised logistic regression (scikit-learn); NaN where it has no
+    finite estimate (``separated``). β is the calibration slope; α + β·z are Platt-recalibrated log-odds."""
     if separated(labels, z):
-        return float("nan")
+        return float("nan"), float("nan")
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=100)
-    return float(model.fit(z.reshape(-1, 1), labels).coef_.item())
+    model.fit(z.reshape(-1, 1), labels)
+    return float(model.intercept_.item()), float(model.coef_.item())
+
+
+def calibration_slope(labels: np.ndarray, z: np.ndarray) -> float:
+    """β of logit P(y=1) = α + β·z by unpenalised logistic regression; NaN where it has no finite estimate."""
+    return logistic_recalibration(labels, z)[1]
 
 
 def calibration_intercept(labels: np.ndarray, z: np.ndarray) -> float:

@@ -15,6 +15,7 @@ from typing import Any
 TEST_PREFIX = "test/"  # the test figures are stored flat: "test/auc", "test/avg", ...
 CONFUSION_KEY = "test/confusion"  # staged tasks: true stage x predicted stage (a table, not a figure)
 HEADLINE = ("sensitivity", "specificity", "accuracy", "auc", "avg")  # the paper's figures, in its order
+WRITTEN_WHEN_SET = ("calibration",)  # fields metrics.json holds only when set (runs of before had no such key)
 
 
 @dataclass
@@ -45,6 +46,9 @@ class FoldMetrics:
     threshold_mode: str | None = None
     threshold_fixed: float | None = None
     threshold_validation: float | None = None
+    # calibration=temperature|platt: the recalibration fitted on the validation patients (``Recalibration.record``);
+    # absent from metrics.json when none was asked for
+    calibration: dict[str, Any] | None = None
     splits: dict[str, dict[str, int]] = field(default_factory=dict)
     config_hash: str | None = None
     cohort: dict[str, Any] = field(default_factory=dict)  # films, folds and preprocessing hashes of the cohort
@@ -73,7 +77,8 @@ class FoldMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``metrics.json`` dict: the test figures as ``test/<name>``, every other field by its name."""
-        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("test", "confusion", "extra")}
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("test", "confusion", "extra")
+                 and not (f.name in WRITTEN_WHEN_SET and getattr(self, f.name) is None)}
         figures = {f"{TEST_PREFIX}{k}": v for k, v in self.test.items()}
         confusion = {CONFUSION_KEY: self.confusion} if self.confusion is not None else {}
         return {**self.extra, **figures, **plain, **confusion}

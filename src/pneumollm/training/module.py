@@ -21,6 +21,7 @@ from pneumollm.models.components.frozen import frozen_tensor_fingerprints
 from pneumollm.training.losses import ClassificationLoss, positive_log_odds
 from pneumollm.training.optim import weight_decay_groups
 from pneumollm.training.prediction_metrics import prediction_metrics, stage_confusion
+from pneumollm.training.recalibration import Recalibration
 from pneumollm.training.run_folder import RUN_IDENTITY_KEY
 
 METRIC_NAMES = ("sensitivity", "specificity", "accuracy", "auc")
@@ -123,8 +124,9 @@ class ClassificationModule(L.LightningModule):
         self._val_losses: list[torch.Tensor] = []
         self._test_rows: list[tuple[torch.Tensor, ...]] = []
         self.test_confusion: list[list[int]] | None = None  # staged tasks: true stage x predicted stage
-        self.collect_validation = False  # keep the validation films' probabilities (to choose a threshold)
-        self._val_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.collect_validation = False  # keep the validation films' predictions (threshold, recalibration)
+        self._val_rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.recalibration: Recalibration | None = None  # applied to the test predictions (calibration=...)
         self._test_features: list[torch.Tensor] = []
         self.test_predictions: dict[str, np.ndarray] = {}
         self.test_results: dict[str, float] = {}
@@ -161,7 +163,8 @@ class ClassificationModule(L.LightningModule):
         probs = self.loss_fn.positive_probability(logits)
         self.val_metrics.update(probs, batch[ANY])
         if self.collect_validation:
-            self._val_rows.append((batch[ANY].detach().cpu(), probs.detach().cpu()))
+            self._val_rows.append((batch[ANY].detach().cpu(), probs.detach().cpu(),
+                                   positive_log_odds(self.loss_fn, logits).detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_losses:
@@ -196,8 +199,12 @@ class ClassificationModule(L.LightningModule):
         """Gather the test films' predictions and compute the test figures from them with the function every
         table uses (``prediction_metrics``), on exactly the numbers ``predictions.csv`` receives."""
         index, label, prob, target, outputs, log_odds = (torch.cat(parts).numpy() for parts in zip(*self._test_rows))
+        raw = {}
+        if self.recalibration is not None:  # the model's own numbers kept beside the recalibrated ones
+            raw = {"prob_raw": prob, "logit_raw": log_odds}
+            prob, log_odds = self.recalibration.apply(log_odds)
         self.test_predictions = {"index": index, "label": label, "prob": prob, "target": target, "outputs": outputs,
-                                 "logit": log_odds}
+                                 "logit": log_odds, **raw}
         figures = prediction_metrics(label, prob, self.threshold, self.task, target, outputs, logits=log_odds)
         self.test_confusion = stage_confusion(self.task, target, outputs)
         self.test_results = {f"test/{k}": v for k, v in figures.items()}
@@ -207,17 +214,23 @@ class ClassificationModule(L.LightningModule):
         self._test_rows.clear()
         self._test_features.clear()
 
-    def validation_predictions(self) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, P(pneumoconiosis)) of the validation films collected while ``collect_validation`` was on."""
+    def validation_predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels, P(pneumoconiosis), its log-odds) of the validation films collected while
+        ``collect_validation`` was on."""
         if not self._val_rows:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        labels, probs = (torch.cat(parts).numpy() for parts in zip(*self._val_rows))
+            return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
+        labels, probs, log_odds = (torch.cat(parts).numpy() for parts in zip(*self._val_rows))
         self._val_rows.clear()
-        return labels, probs
+        return labels, probs, log_odds
 
     def use_test_threshold(self, threshold: float) -> None:
         """Compute the test metrics (and the predicted calls) at ``threshold`` instead of the configured one."""
         self.threshold = float(threshold)
+
+    def use_recalibration(self, recalibration: Recalibration | None) -> None:
+        """Recalibrate the test predictions (``prob`` and ``logit``; the model's own kept as ``prob_raw`` and
+        ``logit_raw``) before any figure is computed from them; None: the model's own."""
+        self.recalibration = recalibration
 
     @staticmethod
     def _percent(values: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 # prob: P(class 1) written exactly (``number_text``); logit: its log-odds from the model's logits (exact where prob
 # rounds to 0 or 1; absent in runs made before it existed); pred: prob > the run's threshold.
 PREDICTION_COLUMNS = ("image_id", "patient_id", "fold", "label", "prob", "logit", "pred")
+# Recalibrated runs (calibration=temperature|platt): prob and logit are the recalibrated ones, these the model's own.
+RAW_COLUMNS = ("prob_raw", "logit_raw")
 
 # Settings that do not change what a run computes (where it writes, how it reports progress, how tables show it).
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "callbacks.progress", "callbacks.step_timer",
@@ -30,6 +32,9 @@ NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "callbacks.progress", "callback
                      "experiment.group", "experiment.reference", "experiment.curve", "experiment.curve_label",
                      "experiment.folder", "force", "save_features", "feature_cache", "log_every_step",
                      "trainer.cpu_threads", "data.class_names")
+# Settings added after runs existed: left out of the hash at their default (the results of before), so those runs
+# keep their hash and are not rerun; any other value is part of it.
+DEFAULTED_KEYS = {"calibration": "none"}
 # Where inputs and outputs live. The cohort's content stands in for them (``cohort_identity`` in the hash), so
 # a moved cohort or a copied results folder keeps its hash, and a changed film changes it.
 LOCATION_KEYS = ("callbacks.checkpoint.dirpath", "callbacks.last_checkpoint.dirpath", "data.prepared_dir",
@@ -53,6 +58,9 @@ def semantic_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     plain = json.loads(json.dumps(plain, default=str))
     for key in (*NON_SEMANTIC_KEYS, *LOCATION_KEYS):
         _drop(plain, key)
+    for key, default in DEFAULTED_KEYS.items():
+        if key in plain and plain[key] in (default, None):
+            plain.pop(key)
     return plain
 
 
@@ -118,20 +126,26 @@ def prediction_rows(predictions: Mapping[str, Any], films: Sequence[PreparedFilm
                     task: LabelTask) -> list[dict[str, Any]]:
     """One ``predictions.csv`` row per test film from the module's test predictions (``index``, ``label``,
     ``prob``, ``logit``, ``target``, ``outputs``), every number exactly as the test figures were computed from it;
-    ``pred`` is ``prob > threshold``."""
-    return [{**films[i].extra, "image_id": films[i].image_id, "patient_id": films[i].patient_id, "fold": fold,
+    ``pred`` is ``prob > threshold``. A recalibrated run's predictions also carry ``prob_raw`` and ``logit_raw``."""
+    rows = [{**films[i].extra, "image_id": films[i].image_id, "patient_id": films[i].patient_id, "fold": fold,
              "label": int(label), "prob": number_text(prob), "logit": number_text(logit), "pred": int(prob > threshold),
              **task_columns(task, target, outputs)}
             for i, label, prob, logit, target, outputs in zip(
                 predictions["index"].tolist(), predictions["label"].tolist(), predictions["prob"].tolist(),
                 predictions["logit"].tolist(), predictions["target"], predictions["outputs"])]
+    if all(name in predictions for name in RAW_COLUMNS):
+        for row, *raw in zip(rows, *(predictions[name].tolist() for name in RAW_COLUMNS)):
+            row.update({name: number_text(value) for name, value in zip(RAW_COLUMNS, raw)})
+    return rows
 
 
 def write_predictions_csv(path: Path, rows: Iterable[Mapping[str, Any]], task: LabelTask | None = None) -> Path:
-    """Write ``predictions.csv`` with one row per test film: ``PREDICTION_COLUMNS``, the task's columns
-    (``task_column_names``), then any other keys of the rows (the cohort's own columns, e.g. ``site``), sorted."""
+    """Write ``predictions.csv`` with one row per test film: ``PREDICTION_COLUMNS``, ``RAW_COLUMNS`` where the rows
+    have them (recalibrated runs), the task's columns (``task_column_names``), then any other keys of the rows (the
+    cohort's own columns, e.g. ``site``), sorted."""
     rows = list(rows)
-    leading = [*PREDICTION_COLUMNS, *task_column_names(task or LabelTask())]
+    raw = [name for name in RAW_COLUMNS if any(name in row for row in rows)]
+    leading = [*PREDICTION_COLUMNS, *raw, *task_column_names(task or LabelTask())]
     extra = [*leading[len(PREDICTION_COLUMNS):], *sorted({k for row in rows for k in row} - set(leading))]
 
     def writer(tmp: Path) -> None:

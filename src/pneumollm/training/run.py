@@ -33,6 +33,7 @@ from pneumollm.training.fold_metrics import HEADLINE, TEST_PREFIX, FoldMetrics
 from pneumollm.training.losses import check_loss_for_task
 from pneumollm.training.module import ClassificationModule
 from pneumollm.training.prefix_cache import serve_cached_prefix
+from pneumollm.training.recalibration import check_calibration
 from pneumollm.training.records import config_hash, prediction_rows
 from pneumollm.training.run_folder import (
     FAILED_FILE,
@@ -127,12 +128,14 @@ def prepared_data(cfg: DictConfig) -> CohortDataModule:
 
 def train_fold(cfg: DictConfig, datamodule: CohortDataModule, folder: RunFolder, chash: str) -> FoldResult | None:
     """Train and test fold ``data.fold`` of the prepared cohort (``chash``: the run's config hash): the fold's
-    films, the model, the trainer, fitting (resumed from this config's ``last.ckpt``), the threshold and the test.
+    films, the model, the trainer, fitting (resumed from this config's ``last.ckpt``), the threshold (and the
+    recalibration, ``calibration=...``) and the test.
     Returns what the run folder is to hold; None in a DDP child (rank 0 tests alone)."""
     writer = launched_rank() == 0
     apply_cpu_threads(cfg)
     datamodule.setup("fit")
     task, sizes, small_splits = datamodule.task, datamodule.split_sizes(), datamodule.split_warnings()
+    calibration = check_calibration(cfg.get("calibration"), task, datamodule.selection_split, sizes["val"]["films"])
     if writer:
         folder.write_profile(datamodule)
         _announce(str(cfg.experiment.arm), int(cfg.data.fold), task, sizes, small_splits)
@@ -174,7 +177,7 @@ def train_fold(cfg: DictConfig, datamodule: CohortDataModule, folder: RunFolder,
     if tester is None:  # a DDP child: rank 0 tests the whole test set alone
         return None
     with named_interrupt(tester, job_name(cfg)):
-        thresholds = choose_threshold(cfg.threshold, tester, module, datamodule, tested)
+        thresholds = choose_threshold(cfg.threshold, tester, module, datamodule, tested, calibration)
         tester.test(module, datamodule=datamodule, ckpt_path=tested, verbose=False)
     peak_mb, peak_kind = peak_memory_mb()
 
