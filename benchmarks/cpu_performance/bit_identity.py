@@ -88,6 +88,11 @@ def run(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
 
 
+def _same(a: object, b: object) -> bool:
+    """Equal, or both NaN (a figure that does not exist on either side, e.g. the slope of separated classes)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
+
 def compare(args: argparse.Namespace) -> None:
     a, b = (json.loads(Path(p).read_text()) for p in (args.before, args.after))
     rows = {}
@@ -97,7 +102,7 @@ def compare(args: argparse.Namespace) -> None:
             continue
         pa, pb = a["jobs"][key]["probs"], b["jobs"][key]["probs"]
         ma, mb = a["jobs"][key]["metrics"], b["jobs"][key]["metrics"]
-        same_metrics = {k: ma[k] for k in ma if k in mb and ma[k] == mb[k]}
+        same_metrics = {k: ma[k] for k in ma if k in mb and _same(ma[k], mb[k])}
         if pa == pb and len(same_metrics) == len(ma):
             rows[key] = "identical"
         else:
