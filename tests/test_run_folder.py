@@ -162,7 +162,7 @@ def test_a_failure_newer_than_the_results_is_read_from_the_folder(tmp_path: Path
 def prepared(tmp_path_factory: pytest.TempPathFactory):
     """A toy cohort's fold 0, prepared as a run prepares it, with every read of folds.csv counted."""
     from pneumollm.data import datamodule as datamodule_module
-    from pneumollm.training.run import prepared_data
+    from pneumollm.training.run import prepare_job
 
     root = tmp_path_factory.mktemp("prepared")
     manifest = make_toy_manifest(root / "toy", n_patients=12, films_per_patient=1, size=40)
@@ -177,16 +177,16 @@ def prepared(tmp_path_factory: pytest.TempPathFactory):
 
     datamodule_module.load_or_make_folds = counted
     try:
-        datamodule = prepared_data(cfg)
-        datamodule.cohort_identity()
-        datamodule.setup("fit")
+        job = prepare_job(cfg)
+        job.datamodule.setup("fit")
     finally:
         datamodule_module.load_or_make_folds = original
-    return cfg, datamodule, len(reads)
+    return cfg, job, len(reads)
 
 
 def test_folds_are_assigned_once_per_run(prepared) -> None:
-    _, datamodule, reads = prepared
+    _, job, reads = prepared
+    datamodule = job.datamodule
     assert reads == 1 and datamodule.assignment is not None
     test_patients = {f.patient_id for f in datamodule.datasets["test"].films}
     assert test_patients == {p for p, fold in datamodule.assignment.items() if fold == 0}
@@ -195,7 +195,8 @@ def test_folds_are_assigned_once_per_run(prepared) -> None:
 def test_the_preprocessing_settings_are_made_in_one_place(prepared, tmp_path: Path) -> None:
     from pneumollm.data.preprocess_plan import preprocess_settings_from_config, read_plan, write_plan
 
-    cfg, datamodule, _ = prepared
+    cfg, job, _ = prepared
+    datamodule = job.datamodule
     settings = preprocess_settings_from_config(cfg.data)
     assert settings == datamodule.settings and settings.margin == 0.07 and "margin" not in settings.lungs
     write_plan(tmp_path / "preprocessing.json", settings)
@@ -219,10 +220,11 @@ def test_the_training_step_returns_the_results_and_leaves_writing_them_to_the_fo
     from pneumollm.training.records import config_hash
     from pneumollm.training.run import train_fold
 
-    cfg, datamodule, _ = prepared
-    chash = config_hash(cfg, datamodule.cohort_identity())
+    cfg, job, _ = prepared
+    chash = config_hash(cfg, job.datamodule.cohort_identity())
+    assert job.config_hash == chash
     folder = RunFolder(cfg.paths.run_dir)
-    result = train_fold(cfg, datamodule, folder, chash)
+    result = train_fold(cfg, job, folder)
     assert result is not None and result.metrics.config_hash == chash and result.metrics.fold == 0
     assert len(result.predictions) == result.metrics.splits["test"]["films"]
     assert set(result.metrics.test) >= {"sensitivity", "specificity", "accuracy", "auc", "avg"}

@@ -15,6 +15,7 @@ the Lightning details are ``training.trainer``. docs/run_folder.md walks through
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,7 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
     folder, job = RunFolder(cfg.paths.run_dir), job_name(cfg)
     folder.path.mkdir(parents=True, exist_ok=True)
     if launched_rank() > 0:  # a DDP child: rank 0 owns the folder, decides and writes
-        datamodule = prepared_data(cfg)
-        train_fold(cfg, datamodule, folder, config_hash(cfg, datamodule.cohort_identity()))
+        train_fold(cfg, prepare_job(cfg), folder)
         return {}
     try:
         folder.lock(job)
@@ -89,18 +89,16 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
         return {"skipped": "locked"}
     chash = None
     try:
-        datamodule = prepared_data(cfg)
-        chash = config_hash(cfg, datamodule.cohort_identity())
+        prepared = prepare_job(cfg)
+        chash = prepared.config_hash
         status = folder.status()
         if status.complete and status.config_hash == chash and not cfg.get("force", False):
             say(f"[green]skip[/green] {job}: done ({folder.path})")
-            if not folder.has_profile():  # a run finished before profiles were recorded
-                datamodule.setup("fit")
-                folder.write_profile(datamodule)
+            folder.backfill_profile(prepared.datamodule)  # a run finished before profiles were recorded
             return status.metrics.to_dict() if status.metrics else {}
-        folder.claim(job, chash, datamodule.cohort_identity(), cfg, datamodule.settings,
+        folder.claim(job, chash, prepared.identity, cfg, prepared.datamodule.settings,
                      force=bool(cfg.get("force", False)))
-        result = train_fold(cfg, datamodule, folder, chash)
+        result = train_fold(cfg, prepared, folder)
         folder.finish(result)
         say(f"[bold]{cfg.experiment.arm}[/bold] fold {cfg.data.fold}: " + ", ".join(
             f"{name} {result.metrics.test[name]:.1f}" for name in HEADLINE) + f"  -> {folder.path}")
@@ -118,19 +116,30 @@ def run_fold(cfg: DictConfig) -> dict[str, Any]:
         finish_wandb()
 
 
-def prepared_data(cfg: DictConfig) -> CohortDataModule:
-    """The cohort of ``cfg.data``, prepared: films preprocessed (or found in the cache) and folds assigned."""
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job's prepared cohort, what it contributes to the result (``identity``) and the job's config hash."""
+
+    datamodule: CohortDataModule
+    identity: dict[str, Any]
+    config_hash: str
+
+
+def prepare_job(cfg: DictConfig) -> PreparedJob:
+    """The cohort of ``cfg.data``, prepared (films preprocessed or found in the cache, folds assigned), and the
+    hash of what the job's result depends on (the semantic config and the cohort's identity)."""
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule: CohortDataModule = instantiate(cfg.data, _convert_="object")
     datamodule.prepare_data()
-    return datamodule
+    identity = datamodule.cohort_identity()
+    return PreparedJob(datamodule, identity, config_hash(cfg, identity))
 
 
-def train_fold(cfg: DictConfig, datamodule: CohortDataModule, folder: RunFolder, chash: str) -> FoldResult | None:
-    """Train and test fold ``data.fold`` of the prepared cohort (``chash``: the run's config hash): the fold's
-    films, the model, the trainer, fitting (resumed from this config's ``last.ckpt``), the threshold (and the
-    recalibration, ``calibration=...``) and the test.
-    Returns what the run folder is to hold; None in a DDP child (rank 0 tests alone)."""
+def train_fold(cfg: DictConfig, prepared: PreparedJob, folder: RunFolder) -> FoldResult | None:
+    """Train and test fold ``data.fold`` of the prepared cohort: the fold's films, the model, the trainer, fitting
+    (resumed from this config's ``last.ckpt``), the threshold (and the recalibration, ``calibration=...``) and the
+    test. Returns what the run folder is to hold; None in a DDP child (rank 0 tests alone)."""
+    datamodule, chash = prepared.datamodule, prepared.config_hash
     writer = launched_rank() == 0
     apply_cpu_threads(cfg)
     datamodule.setup("fit")
@@ -189,7 +198,7 @@ def train_fold(cfg: DictConfig, datamodule: CohortDataModule, folder: RunFolder,
         peak_memory_kind=peak_kind, build_seconds=round(build_seconds, 2), train_seconds=round(train_seconds, 2),
         epochs_run=epochs_run, selection=str(cfg.selection), selection_split=str(cfg.data.selection_split),
         checkpoint=folder.relative(tested), **_selected_validation(module, tested), **thresholds, splits=sizes,
-        config_hash=chash, cohort=datamodule.cohort_identity(), feature_cache=cache_key,
+        config_hash=chash, cohort=prepared.identity, feature_cache=cache_key,
         cohort_name=datamodule.cohort_name, cohort_folder=str(datamodule.cohort_folder.resolve()), task=task.task,
         classes=list(task.output_names), class_names=list(task.class_names), size=str(cfg.get("size_name", "?")),
         warnings=small_splits,

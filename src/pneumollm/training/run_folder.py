@@ -280,6 +280,12 @@ class RunFolder:
         return None
 
     # ---- writing ---------------------------------------------------------------------------------------------
+    def backfill_profile(self, datamodule: CohortDataModule) -> None:
+        """Write the training-film profile of a run that finished before profiles were recorded (if it lacks one)."""
+        if not self.has_profile():
+            datamodule.setup("fit")
+            self.write_profile(datamodule)
+
     def write_profile(self, datamodule: CohortDataModule) -> None:
         """Write the profile of the fold's training films (``training_films.json``, after ``setup``), which
         prediction compares new films to; a failure only warns (the run's results do not depend on it)."""
