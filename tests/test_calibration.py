@@ -229,7 +229,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_the_summary_holds_each_folds_and_the_pooled_calibration(tmp_path: Path) -> None:
+def test_the_summary_holds_each_folds_and_the_pooled_calibration(tmp_path: Path, capsys: pytest.CaptureFixture
+                                                                  ) -> None:
     study = _calibration_study(tmp_path / "study", {"calibrated": 1.0, "overconfident": 4.0})
     assert aggregate_main([str(study), "--num-folds", "3", "--bootstrap", "100", "--no-wandb"]) == 0
     rows = {(r["arm"], r["fold"]): r for r in _rows(study / "summary.csv")}
@@ -254,6 +255,12 @@ def test_the_summary_holds_each_folds_and_the_pooled_calibration(tmp_path: Path)
         float(rows[("calibrated", "mean")]["pooled_calibration_slope"])
     text = (study / "summary.md").read_text()
     assert "## Calibration" in text and "| calibrated " in text
+    console = capsys.readouterr().out  # the console shows the pooled figures as summary.md does
+    assert "calibration, pooled out of fold" in console
+    for arm in ("calibrated", "overconfident"):
+        shown = next(line for line in text.splitlines() if line.startswith(f"| {arm} ") and "[" in line)
+        brier = shown.split("|")[2].strip()  # "0.123 [0.101, 0.145]"
+        assert brier in console
     for name in ("calibration.png", "decision_curve.png", "decision_curve.csv"):
         assert (study / name).is_file(), name  # written with the summary, without --table
     decisions = pd.read_csv(study / "decision_curve.csv")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pneumollm.analysis.calibration import CALIBRATION_METRICS, HEADERS, pooled_cell
 from pneumollm.analysis.collect import RUNS_SUBDIR, collect_runs, run_dirs_under, split_complete
 from pneumollm.analysis.summary import in_order, summarise_arm, summary_rows, write_summary
 from pneumollm.training import calibration_metrics, prediction_metrics
@@ -97,7 +98,8 @@ def aggregate_study(study: Path, out_dir: Path, options: AggregateOptions) -> Ag
     order = table_arm_order(complete_arms, options.table) if options.table else None
     rows = summary_rows(complete, order=order)  # stored as lists: the manifest's JSON sorts dict keys
     meta = {"key": key, "summary_columns": list(rows[0]), "summary_rows": [list(r.values()) for r in rows],
-            "incomplete": incomplete, "task_tables": task_tables(complete, order)}
+            "incomplete": incomplete, "task_tables": task_tables(complete, order),
+            "calibration": calibration_table(complete, order)}
     with output_set(out_dir, AGGREGATE_SET, meta=meta) as stage:
         write_summary(complete, stage, order=order)
         if options.by:
@@ -115,6 +117,15 @@ def aggregate_study(study: Path, out_dir: Path, options: AggregateOptions) -> Ag
                              "figures": [f.name for f in report.figures]}
     report = report.moved(stage, out_dir) if report is not None else None
     return Aggregation(runs_dir, out_dir, meta, report=report)
+
+
+def calibration_table(summaries: list, order: list[str] | None) -> dict | None:
+    """The pooled calibration figures of each arm with their intervals, for the console (as summary.md shows them)."""
+    shown = [s for s in in_order(summaries, order) if s.calibration is not None]
+    if not shown:
+        return None
+    return {"columns": ["arm", *(f"{HEADERS[m]} [95% CI]" for m in CALIBRATION_METRICS)],
+            "rows": [[s.arm, *(pooled_cell(s.calibration, m) for m in CALIBRATION_METRICS)] for s in shown]}
 
 
 def task_tables(summaries: list, order: list[str] | None) -> list[dict]:

@@ -98,6 +98,10 @@ def show(console: Console, runs_dir: Path, out_dir: Path, meta: dict, args: argp
                 meta["summary_columns"], meta["summary_rows"])
     for recorded in meta.get("task_tables") or []:
         _print_rows(console, recorded["title"], recorded["columns"], recorded["rows"])
+    if meta.get("calibration"):
+        calibration = meta["calibration"]
+        _print_rows(console, "calibration, pooled out of fold (Brier, ECE: 0 is best; slope 1 and intercept 0 are "
+                    "ideal; summary.md says more)", calibration["columns"], calibration["rows"])
     for name, ps in meta["incomplete"].items():
         console.print(f"[yellow]incomplete arm {name}:[/yellow] " + "; ".join(ps), highlight=False)
     console.print(f"{done}: {out_dir / 'summary.csv'} and {out_dir / 'summary.md'}{why}", highlight=False)
