@@ -25,7 +25,7 @@ from pneumollm.models.tiny import TINY_TRUNKS
 from pneumollm.models.trunk_sizes import trunk_size
 from pneumollm.models.vision_backbones import backbone_sizes, encoder_config
 from pneumollm.paths import conf_dir, experiments_dir
-from tests.helpers import compose_train
+from tests.helpers import compose_train, markdown_rows
 
 CONF = conf_dir()
 SWEEP = experiments_dir() / "backbones.yaml"
@@ -214,3 +214,24 @@ def test_two_rows_run_end_to_end_and_aggregate_into_the_backbone_table(toy_cohor
     assert int(phi3["full_size_trainable_params"]) == full_size_row("backbone_phi3_mini").trainable
     assert int(phi3["trainable_params"]) < 100_000  # the run itself was the tiny stand-in
     assert phi3["delta_avg"] != "" and rows["pneumollm"]["delta_avg"] == ""  # against the reference
+
+
+def _printed_and_documented(capsys: pytest.CaptureFixture, *arms: str) -> tuple[list[list[str]], list[list[str]]]:
+    from pneumollm.cli.backbone_sizes import main
+
+    assert main(["--rows", *arms]) == 0
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "backbones.md").read_text()
+    return markdown_rows(capsys.readouterr().out), markdown_rows(docs)
+
+
+def test_the_rows_command_prints_the_documented_counts(capsys: pytest.CaptureFixture) -> None:
+    printed, documented = _printed_and_documented(capsys, "pneumollm", "backbone_phi3_mini")
+    assert [row[0] for row in printed] == ["arm", "pneumollm", "backbone_phi3_mini"]
+    assert printed[1][4:] == ["2,704,000", "6,779,451,392", "13.56", "3.95"]
+    assert all(row in documented for row in printed)
+
+
+@pytest.mark.slow
+def test_every_documented_row_is_what_the_command_prints(capsys: pytest.CaptureFixture) -> None:
+    printed, documented = _printed_and_documented(capsys)
+    assert len(printed) == 2 + len(BACKBONE_ROWS) and all(row in documented for row in printed)
