@@ -18,6 +18,8 @@ ARGS ?=
 BY ?=
 RESULTS ?= results
 TABLES := table2 table3 table4 table5 table6 fig6a fig6b
+# Studies beyond the paper, run the same way (not part of `make paper`): docs/backbones.md
+STUDIES := backbones
 DATA_ARGS = $(if $(DATA),data=manifest data.source.manifest=$(abspath $(DATA)),)
 # TASK=multiclass: ILO stages instead of the binary diagnosis (docs/staging.md); TASK=multilabel needs
 # ARGS="data.label_columns=[...]" and a cohort of your own. The demo's stages come with its films.
@@ -25,7 +27,7 @@ TASK ?=
 TASK_ARGS = $(if $(TASK),data.task=$(TASK),)
 DEMO_STUDY = $(OUT)/demo/demo$(if $(filter-out binary,$(TASK)),-$(TASK),)
 
-.PHONY: install demo test test-all lint format clean help paper sync external wheelhouse $(TABLES)
+.PHONY: install demo test test-all lint format clean help paper sync external wheelhouse $(TABLES) $(STUDIES)
 
 help:
 	@echo "make demo      five-fold cross-validation of the tiny PneumoLLM on the embedded demo cohort (CPU)"
@@ -34,6 +36,7 @@ help:
 	@echo "make table6    one paper table or figure (table2..table6, fig6a, fig6b); make paper runs them all"
 	@echo "               SIZE=full (paper models, GPU), DATA=manifest.csv (your cohort), ARGS='key=value ...'"
 	@echo "               TASK=multiclass|multilabel (staged or co-finding labels; docs/staging.md)"
+	@echo "make backbones PneumoLLM with other LLM trunks and vision encoders (beyond the paper; same options)"
 	@echo "make external  every arm of a finished table on an external cohort: make external TABLE=table6 DATA=x.csv"
 	@echo "make sync      upload the offline W&B runs of a table: make sync TABLE=table6 (no TABLE: the demo)"
 	@echo "make install   create $(VENV) with the suite installed (done automatically by the others)"
@@ -54,7 +57,7 @@ demo: install
 	status=0; $(BIN)/pneumollm-train --config-dir experiments --config-name demo -m $(TASK_ARGS) || status=$$?; \
 	$(BIN)/pneumollm-aggregate $(DEMO_STUDY) --num-folds 5 || status=$$?; exit $$status
 
-$(TABLES): install
+$(TABLES) $(STUDIES): install
 	status=0; $(BIN)/pneumollm-train --config-dir experiments --config-name $@ -m size=$(SIZE) \
 	    paths.results_dir=$(RESULTS) $(DATA_ARGS) $(TASK_ARGS) $(ARGS) || status=$$?; \
 	$(BIN)/pneumollm-aggregate $(RESULTS)/$@ --table $@ --partial $(if $(BY),--by $(BY),) || status=$$?; exit $$status

@@ -7,6 +7,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from pneumollm.models.backbone_rows import BACKBONE_ROWS, rows_of
 from pneumollm.models.components.encoders import VisionEncoder
 from pneumollm.models.param_count import CONF_DIR, DEFAULT_CHOICES, GROUPS, build_model, compose_model_config
 
@@ -27,13 +28,29 @@ OFFLINE_SMALL = {
                      "llm.config_overrides.num_attention_heads=2", "llm.config_overrides.num_key_value_heads=2",
                      "llm.config_overrides.vocab_size=32"],
 }
+
+def _shrunk_backbones() -> dict[str, list[str]]:
+    """The backbone comparison's full choices (models/backbone_rows.py) built offline with their tiny_ twin's
+    random architecture (their full architectures are counted on the meta device: tests/test_backbone_rows.py)."""
+    shrunk = {}
+    for row in BACKBONE_ROWS.values():
+        tiny = OmegaConf.load(CONF_DIR / row.part / f"tiny_{row.choice}.yaml")
+        small = ([f"{row.part}.architecture={tiny.architecture}"] if "architecture" in tiny else
+                 [f"{row.part}.model_kwargs.{k}={v}" for k, v in tiny.model_kwargs.items()])
+        shrunk[f"full_{row.choice}"] = [f"{row.part}.pretrained=false", f"{row.part}.frozen_dtype=float32", *small]
+    return shrunk
+
+
+OFFLINE_SMALL |= _shrunk_backbones()
 CHOICES = {
     "encoder": ["tiny_clip_vit_l14", "full_clip_vit_l14", "tiny_vit_b16_in21k", "full_vit_b16_in21k",
-                "tiny_vit_l16_in21k", "full_vit_l16_in21k", "tiny_conv_stem", "full_conv_stem"],
+                "tiny_vit_l16_in21k", "full_vit_l16_in21k", "tiny_conv_stem", "full_conv_stem",
+                *(f"{size}_{row.choice}" for row in rows_of("encoder") for size in ("tiny", "full"))],
     "token_engine": ["cmte", "coop", "cocoop", "none"],
     "neck": ["bottleneck"],
     "emitter": ["emitter", "full"],
-    "llm": ["tiny_llama7b", "full_llama7b", "none"],
+    "llm": ["tiny_llama7b", "full_llama7b", "none",
+            *(f"{size}_{row.choice}" for row in rows_of("llm") for size in ("tiny", "full"))],
     "head": ["mean_linear"],
 }
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from pneumollm.config import register_resolvers
@@ -41,6 +42,7 @@ def test_every_arm_of_every_sweep_composes_and_builds(sweep: str, arm: str) -> N
     with initialize_config_dir(version_base="1.3", config_dir=str(experiments_dir())):
         cfg = compose(sweep, overrides=overrides, return_hydra_config=True)
     GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)  # the label reads hydra:runtime.choices, as in the app
     assert cfg.experiment.name == sweep
     if arm:
         assert cfg.experiment.arm == arm and cfg.experiment.label
@@ -111,6 +113,8 @@ def test_every_sweep_runs_one_step_per_job_on_a_two_fold_toy_cohort(sweep: str, 
     arms = [[f"arm={a}"] if a else [] for a in _arms(sweep)]
     if sweep == "fig6b":
         arms = [["token_engine.m=1"], ["token_engine.m=2"]]  # two of the eight m values keep it quick
+    if sweep == "backbones":  # two of its 15 rows: Gemma-2's eager attention, BiomedCLIP's timm tower (the others
+        arms = [["arm=backbone_gemma2_9b"], ["arm=backbone_biomedclip_b16"]]  # build above; test_backbone_rows.py)
     jobs = [[*arm, f"data.fold={fold}"] for arm in arms for fold in (0, 1)]
     _run_sweep_in_process(sweep, tmp_path, toy_manifest, jobs)
     metrics = _metrics(tmp_path)

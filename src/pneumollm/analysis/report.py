@@ -37,6 +37,8 @@ from pneumollm.analysis.task_figures import plot_confusion_matrices, plot_output
 from pneumollm.analysis.wording import class_words, common_class_names, probability_name, size_words
 from pneumollm.data.preprocess import read_cohort_index
 from pneumollm.data.targets import BINARY_CLASSES
+from pneumollm.models.registry import row_names
+from pneumollm.models.row_size import RowSize
 from pneumollm.paths import conf_dir
 from pneumollm.training.run_folder import CONFIG_FILE, FEATURES_FILE
 from pneumollm.utils.console import make_console
@@ -86,7 +88,7 @@ def _order(arms: dict[str, ArmRuns], table: str, curve: dict[str, float] | None)
     if curve:
         return sorted(arms.values(), key=lambda a: curve[a.arm])
     paper_order = [r.arm for r in load_paper_results() if r.table == table]
-    rank = {name: i for i, name in enumerate(paper_order)}
+    rank = {name: i for i, name in enumerate(dict.fromkeys([*paper_order, *row_names()]))}
     return sorted(arms.values(), key=lambda a: (rank.get(a.arm, len(rank)), a.arm))
 
 
@@ -167,7 +169,7 @@ def _panel_films(arms: list[ArmRuns], max_films: int = 8) -> tuple[list[PanelFil
 def _count_cache_path() -> Path:
     """``$PNEUMOLLM_CACHE`` (default ``$XDG_CACHE_HOME/pneumollm``, i.e. ``~/.cache/pneumollm``)."""
     default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pneumollm"
-    return Path(os.environ.get("PNEUMOLLM_CACHE") or default) / "full_size_trainable.json"
+    return Path(os.environ.get("PNEUMOLLM_CACHE") or default) / "full_size_rows.json"
 
 
 def _count_key(arm: str) -> str:
@@ -177,10 +179,11 @@ def _count_key(arm: str) -> str:
     return sha256_json({"arm": arm, "files": {str(f.name): sha256_file(f) for f in files}})[:24]
 
 
-def _full_size_or_none(console: Console) -> Callable[[str], int | None]:
-    """The meta-device full-size count of an arm; a count that cannot be made is left out, with a warning.
+def _full_size_or_none(console: Console) -> Callable[[str], RowSize | None]:
+    """The meta-device full-size counts of an arm (``RowSize``); counts that cannot be made are left out, with a
+    warning.
 
-    Counts are kept in ``~/.cache/pneumollm/full_size_trainable.json`` keyed by the configs and the model code,
+    Counts are kept in ``~/.cache/pneumollm/full_size_rows.json`` keyed by the configs and the model code,
     so a later aggregation neither imports torch nor builds models (a few seconds per table otherwise).
     """
     path = _count_cache_path()
@@ -189,18 +192,18 @@ def _full_size_or_none(console: Console) -> Callable[[str], int | None]:
     except (OSError, json.JSONDecodeError):
         cache = {}
 
-    def count(arm: str) -> int | None:
+    def count(arm: str) -> RowSize | None:
         key = _count_key(arm)
         if key in cache:
-            return cache[key]
+            return None if cache[key] is None else RowSize.from_dict(cache[key])
         try:
-            from pneumollm.models.arm_param_count import full_size_trainable
+            from pneumollm.models.arm_param_count import full_size_row
 
-            value = full_size_trainable(arm)
+            value = full_size_row(arm)
         except Exception as err:  # a missing count must not stop the table
             console.print(f"[yellow]no full-size parameter count for {arm}: {err}[/yellow]", highlight=False)
             return None
-        cache[key] = value
+        cache[key] = None if value is None else value.as_dict()
         with contextlib.suppress(OSError):  # an unwritable cache only costs time
             atomic_write_json(path, cache)
         return value
@@ -265,10 +268,11 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
         f"difference to the reference arm ({reference or 'none'}) over folds with a 95% t interval.",
         "L-para: trainable parameters of our runs; full-size L-para: the same row's configuration "
         "(conf/arm/) at the paper's size, counted on the meta device (command-line overrides not reflected); "
+        "full-size frozen: that configuration's frozen parameters, and their weights in GB (10^9 bytes; no "
+        "activations or training state) with every frozen backbone in bf16, and with the LLM trunk's linear layers "
+        "in nf4 (llm.quantization=nf4, double quantisation; '–': no trunk to quantise); "
         "Mem: peak memory of the run (GPU allocated on CUDA, else the "
-        "process's peak RSS). " + ("'paper' columns: the numbers reported in the paper for the same row."
-                                    if has_paper_numbers(rows) else
-                                    f"The paper shows {table} as a plot only, so no paper numbers stand beside ours."),
+        "process's peak RSS). " + _paper_note(table, rows),
     ]
     if size == "tiny":
         epochs = OmegaConf.select(sample_config, "trainer.max_epochs")
@@ -294,6 +298,20 @@ def aggregate_table(runs_dir: str | Path, out_dir: str | Path, table: str, refer
     if use_wandb:
         log_table_to_wandb(table, report)
     return report
+
+
+def _paper_note(table: str, rows: list[TableRow]) -> str:
+    """What the 'paper' columns hold: the table's own rows, a row's first table for a study beyond the paper
+    (``tables.paper_rows_of``), or nothing (the paper's figures are plots)."""
+    in_paper = any(r.table == table for r in load_paper_results())
+    if has_paper_numbers(rows):
+        if in_paper:
+            return "'paper' columns: the numbers reported in the paper for the same row."
+        return (f"'paper' columns: {table} is not in the paper; a row the paper has shows the numbers of the "
+                "first of its tables that lists it (PneumoLLM: Table 2), the other rows none.")
+    if table.startswith("fig"):
+        return f"The paper shows {table} as a plot only, so no paper numbers stand beside ours."
+    return f"{table} is not in the paper and none of its rows is, so no paper numbers stand beside ours."
 
 
 def table_title(table: str, arms: list[ArmRuns], num_folds: int) -> str:

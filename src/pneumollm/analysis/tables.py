@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from pneumollm.analysis.collect import ArmRuns
 from pneumollm.analysis.stats import Interval, bootstrap_auc_by_patient, paired_difference
 from pneumollm.analysis.summary import METRICS, ArmSummary, calibration_sections, summarise_arm, task_sections
 from pneumollm.analysis.task_summary import metric_names
+from pneumollm.models.row_size import GB, RowSize
 from pneumollm.utils.io import atomic_write, atomic_write_text
 from pneumollm.utils.markdown import markdown_table
 
@@ -56,8 +57,12 @@ class TableRow:
     delta_avg: Interval | None  # against the reference arm, over paired folds
     delta_auc: Interval | None
     paper: PaperRow | None
-    full_size_trainable: int | None = None  # the row's configuration at full size (meta-device count)
+    full_size: RowSize | None = None  # the row's configuration at full size (meta-device counts)
     is_reference: bool = False  # the arm the differences are taken against
+
+    @property
+    def full_size_trainable(self) -> int | None:
+        return None if self.full_size is None else self.full_size.trainable
 
 
 def _paired(summary: ArmSummary, reference: ArmSummary, metric: str) -> Interval:
@@ -66,17 +71,36 @@ def _paired(summary: ArmSummary, reference: ArmSummary, metric: str) -> Interval
     return paired_difference(ours, [reference.per_fold[f][metric] for f in folds])
 
 
+def paper_rows_of(table: str, paper: list[PaperRow]) -> dict[str, PaperRow]:
+    """arm -> the paper's row of it that ``table`` shows: the table's own rows; for a table the paper lacks (a
+    study beyond it, e.g. the backbone comparison), each arm's first row in the paper, with the L-para and memory
+    of a later row where the first gives none."""
+    own = {r.arm: r for r in paper if r.table == table}
+    if own:
+        return own
+    first: dict[str, PaperRow] = {}
+    for r in paper:
+        known = first.get(r.arm)
+        if known is None:
+            first[r.arm] = r
+        else:
+            first[r.arm] = replace(known, trainable_params_m=known.trainable_params_m
+                                   if known.trainable_params_m is not None else r.trainable_params_m,
+                                   memory_gb=known.memory_gb if known.memory_gb is not None else r.memory_gb)
+    return first
+
+
 def build_rows(arms: list[ArmRuns], reference: str | None, table: str, n_boot: int = 2000,
                paper: list[PaperRow] | None = None,
-               full_size: Callable[[str], int | None] | None = None,
+               full_size: Callable[[str], RowSize | None] | None = None,
                summaries: dict[str, ArmSummary] | None = None) -> list[TableRow]:
     """Summaries, bootstrap intervals and paired differences for complete arms, in the given order.
 
-    ``full_size`` maps an arm to its full-size trainable parameter count (None: unknown). ``summaries``: the
-    arms' summaries when already made with the same ``n_boot`` (made here otherwise).
+    ``full_size`` maps an arm to its counts at full size (None: unknown). ``summaries``: the arms' summaries when
+    already made with the same ``n_boot`` (made here otherwise). The paper's numbers: ``paper_rows_of``.
     """
     summaries = {a.arm: (summaries or {}).get(a.arm) or summarise_arm(a, n_boot=n_boot) for a in arms}
-    paper_rows = {r.arm: r for r in (paper if paper is not None else load_paper_results()) if r.table == table}
+    paper_rows = paper_rows_of(table, paper if paper is not None else load_paper_results())
     ref = summaries.get(reference) if reference else None
     rows = []
     for arm in arms:
@@ -110,10 +134,23 @@ def _memory(s: ArmSummary) -> str:
     return f"{s.peak_memory_mb / 1024:.2f}" if s.peak_memory_mb else "–"
 
 
+FULL_SIZE_COLUMNS = ("full-size L-para (M)", "full-size frozen (M)", "full-size frozen bf16 (GB)",
+                     "full-size frozen nf4 (GB)")
 COLUMNS = ("Arm", "L-para (M)", "Mem (GB)", "Sens.", "Spec.", "Acc.", "AUC", "AVG", "pooled AUC [95% CI]",
-           "ΔAVG [95% CI]", "ΔAUC [95% CI]", "full-size L-para (M)",
+           "ΔAVG [95% CI]", "ΔAUC [95% CI]", *FULL_SIZE_COLUMNS,
            "paper L-para (M)", "paper Mem (GB)", "paper Sens.", "paper Spec.",
            "paper Acc.", "paper AUC", "paper AVG")
+
+
+def _gb(count: int | None) -> str:
+    return "–" if count is None else f"{count / GB:.2f}"
+
+
+def full_size_cells(size: RowSize | None) -> list[str]:
+    """The ``FULL_SIZE_COLUMNS`` cells of a row's full-size counts ("–" where a count does not exist)."""
+    if size is None:
+        return ["–"] * len(FULL_SIZE_COLUMNS)
+    return [_millions(size.trainable), _millions(size.frozen), _gb(size.frozen_bf16_bytes), _gb(size.frozen_nf4_bytes)]
 
 
 def row_cells(row: TableRow) -> list[str]:
@@ -123,8 +160,7 @@ def row_cells(row: TableRow) -> list[str]:
     cells += [_mean_std(s, m) for m in METRICS]
     no_delta = "ref" if row.is_reference else "–"
     cells += [row.pooled_auc.format(), row.delta_avg.format() if row.delta_avg else no_delta,
-              row.delta_auc.format() if row.delta_auc else no_delta,
-              "–" if row.full_size_trainable is None else _millions(row.full_size_trainable)]
+              row.delta_auc.format() if row.delta_auc else no_delta, *full_size_cells(row.full_size)]
     if paper is None:
         cells += ["–"] * 7
     else:
@@ -148,7 +184,8 @@ CSV_COLUMNS = (
     "arm", "label", "trainable_params", "peak_memory_gb",
     *(f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")),
     *_interval_columns("pooled_auc"), *_interval_columns("delta_avg"), *_interval_columns("delta_auc"),
-    "full_size_trainable_params", "paper_trainable_params_m", "paper_memory_gb",
+    "full_size_trainable_params", "full_size_frozen_params", "full_size_frozen_bf16_gb", "full_size_frozen_nf4_gb",
+    "paper_trainable_params_m", "paper_memory_gb",
     *(f"paper_{m}" for m in PAPER_METRICS),
     *CALIBRATION_COLUMNS,  # brier, ece, calibration_slope, calibration_intercept: _mean, _std, _pooled (+ interval)
 )
@@ -178,7 +215,12 @@ def row_values(row: TableRow) -> dict[str, int | float | str]:
         values[f"{m}_mean"], values[f"{m}_std"] = _number_or_empty(s.mean[m]), _number_or_empty(s.std[m])
     values |= _interval_values("pooled_auc", row.pooled_auc)
     values |= _interval_values("delta_avg", row.delta_avg) | _interval_values("delta_auc", row.delta_auc)
-    values["full_size_trainable_params"] = "" if row.full_size_trainable is None else int(row.full_size_trainable)
+    size = row.full_size
+    values["full_size_trainable_params"] = "" if size is None else int(size.trainable)
+    values["full_size_frozen_params"] = "" if size is None else int(size.frozen)
+    values["full_size_frozen_bf16_gb"] = "" if size is None else size.frozen_bf16_bytes / GB
+    nf4 = None if size is None else size.frozen_nf4_bytes
+    values["full_size_frozen_nf4_gb"] = "" if nf4 is None else nf4 / GB
     values["paper_trainable_params_m"] = _number_or_empty(paper.trainable_params_m if paper else None)
     values["paper_memory_gb"] = _number_or_empty(paper.memory_gb if paper else None)
     for m in PAPER_METRICS:
@@ -221,8 +263,10 @@ def write_table(rows: list[TableRow], out_dir: str | Path, title: str, notes: li
     hidden = set()
     if not has_paper_numbers(rows):
         hidden |= {c for c in COLUMNS if c.startswith("paper ")}
-    if all(r.full_size_trainable is None for r in rows):
-        hidden.add("full-size L-para (M)")
+    if all(r.full_size is None for r in rows):
+        hidden |= set(FULL_SIZE_COLUMNS)
+    elif all(r.full_size is None or r.full_size.frozen_nf4_bytes is None for r in rows):
+        hidden.add("full-size frozen nf4 (GB)")  # no row has an LLM trunk to quantise
     shown = [i for i, c in enumerate(COLUMNS) if c not in hidden]
     table = markdown_table([COLUMNS[i] for i in shown], ([cells[i] for i in shown] for cells in body))
     lines = [f"# {title}", "", table]

@@ -5,7 +5,9 @@ compositions of its parts, ``conf/arm/``). Registering it declares what only its
 full size is built without downloads (``family``) and the overrides that rebuild the published form whose
 size the paper's L-para column counts (``published``). What the paper says about a row, its name and its
 L-para, is read from the one copy of the paper's tables, ``analysis/data/paper_results.csv``
-(``paper_row``): the same file the results tables print the paper's numbers from.
+(``paper_row``): the same file the results tables print the paper's numbers from. Rows beyond the paper
+(the backbone comparison, ``models/backbone_rows.py``) have no paper numbers; their labels and order come from
+there (``arm_label``, ``row_names``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from pneumollm.models.backbone_rows import BACKBONE_ROWS
 from pneumollm.paths import paper_results_file
 
 # How an arm's full size is built on the meta device: from its config alone (image), around a CLIP
@@ -116,7 +119,17 @@ def paper_row(arm: str) -> PaperRow | None:
     return paper_rows().get(arm)
 
 
+def row_names() -> list[str]:
+    """Every named row: the paper's rows in the order its tables first list them, then the rows beyond the paper
+    (the backbone comparison) in their table's order."""
+    return [*paper_rows(), *(arm for arm in BACKBONE_ROWS if arm not in paper_rows())]
+
+
 def arm_label(arm: str) -> str:
-    """The label a results table shows for ``arm``: its name in the paper, else the arm id itself."""
+    """The label a results table shows for ``arm``: its name in the paper, else its label as a row beyond the
+    paper (``backbone_rows``), else the arm id itself."""
     row = paper_row(str(arm))
-    return row.name if row is not None else str(arm)
+    if row is not None:
+        return row.name
+    beyond = BACKBONE_ROWS.get(str(arm))
+    return beyond.label if beyond is not None else str(arm)
