@@ -47,7 +47,7 @@ def test_a_wheel_carries_the_configs_and_runs_without_the_checkout(tmp_path: Pat
     lines = done.stdout.splitlines()
     assert lines[0] == "train adapter_cmte pneumollm.models.pneumollm.PneumoLLM"
     sweeps = {line.split()[1] for line in lines[1:]}
-    assert sweeps == {"demo", "table2", "table3", "table4", "table5", "table6", "fig6a", "fig6b"}
+    assert sweeps == {"demo", "table2", "table3", "table4", "table5", "table6", "fig6a", "fig6b", "backbones"}
 
 
 def test_the_license_file_matches_pyproject() -> None:

@@ -59,12 +59,14 @@ def test_table_rows_carry_our_numbers_the_papers_and_paired_differences(tmp_path
             path.write_text(json.dumps(metrics))
     report = aggregate_table(runs, tmp_path, "table6", reference="baseline", num_folds=3, n_boot=100,
                              use_wandb=False)
-    rows = {cells[0]: cells for cells in report.cells}
-    assert rows["pneumollm"][9] == "5.00 [5.00, 5.00]"  # ΔAVG: +5 in every fold
-    assert rows["pneumollm"][18] == "75.76"  # the paper's AVG for +Adapter+CMTE+Emitter
-    assert rows["pneumollm"][11] == "2.704"  # the paper's configuration, counted on the meta device
-    assert rows["baseline"][11] == "0.6678"  # Table 6 baseline at full size: 667,776
-    assert rows["baseline"][9] == "ref"
+    from pneumollm.analysis.tables import COLUMNS
+
+    rows = {cells[0]: dict(zip(COLUMNS, cells)) for cells in report.cells}
+    assert rows["pneumollm"]["ΔAVG [95% CI]"] == "5.00 [5.00, 5.00]"  # ΔAVG: +5 in every fold
+    assert rows["pneumollm"]["paper AVG"] == "75.76"  # the paper's AVG for +Adapter+CMTE+Emitter
+    assert rows["pneumollm"]["full-size L-para (M)"] == "2.704"  # the paper's configuration, on the meta device
+    assert rows["baseline"]["full-size L-para (M)"] == "0.6678"  # Table 6 baseline at full size: 667,776
+    assert rows["baseline"]["ΔAVG [95% CI]"] == "ref"
     assert (tmp_path / "roc.png").is_file() and (tmp_path / "table.csv").is_file()
     assert "paper AVG" in (tmp_path / "table.md").read_text()
 
