@@ -157,16 +157,23 @@ def crash_at_epoch(epoch: int):
 
 
 class SlowEpochs:
-    """A Lightning callback that sleeps at the start of every epoch (time to kill a run between checkpoints)."""
+    """A Lightning callback that sleeps ``seconds`` at the start of every epoch and, from epoch ``hold_from`` on,
+    waits while the file ``hold`` exists: a test interrupts the run there, at a known point, however loaded the
+    machine is, then deletes the file so that the rerun (the same command) goes through."""
 
-    def __new__(cls, seconds: float):
+    def __new__(cls, seconds: float, hold: str | None = None, hold_from: int = 2):
         import time
+        from pathlib import Path
 
         import lightning as L
 
         class _Slow(L.Callback):
             def on_train_epoch_start(self, trainer, pl_module) -> None:
                 time.sleep(seconds)
+                deadline = time.time() + 300
+                while (hold is not None and trainer.current_epoch >= hold_from and Path(hold).exists()
+                       and time.time() < deadline):
+                    time.sleep(0.05)
 
         return _Slow()
 

@@ -164,7 +164,9 @@ def _env() -> dict[str, str]:
 
 
 def test_a_fold_killed_with_sigkill_resumes_to_the_same_result_bit_for_bit(manifest: Path, tmp_path: Path) -> None:
-    slow = "+callbacks.slow={_target_: tests.helpers.SlowEpochs, seconds: 0.5}"  # time to kill it mid-run
+    hold = tmp_path / "hold"  # the run waits at the start of epoch 2 while this file exists: killed there
+    hold.touch()
+    slow = f"+callbacks.slow={{_target_: tests.helpers.SlowEpochs, seconds: 0, hold: '{hold}'}}"
     straight = tmp_path / "straight"
     run_fold(compose_train(_overrides(manifest, straight), run_dir=straight / "run"))  # the same job, uninterrupted
     killed = tmp_path / "killed"
@@ -182,6 +184,7 @@ def test_a_fold_killed_with_sigkill_resumes_to_the_same_result_bit_for_bit(manif
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    hold.unlink()
     assert not (killed / "run/metrics.json").exists()
     resumed = subprocess.run(_train_command(manifest, killed, slow), env=_env(), capture_output=True, text=True,
                              timeout=600)
@@ -211,7 +214,9 @@ def test_a_failed_attempt_is_set_aside_as_such(manifest: Path, tmp_path: Path, c
 
 def test_ctrl_c_says_where_it_stopped_and_the_rerun_resumes_without_lightning_warnings(manifest: Path,
                                                                                        tmp_path: Path) -> None:
-    slow = "+callbacks.slow={_target_: tests.helpers.SlowEpochs, seconds: 0.5}"  # time to interrupt it mid-run
+    hold = tmp_path / "hold"  # the run waits at the start of epoch 2 while this file exists: interrupted there
+    hold.touch()
+    slow = f"+callbacks.slow={{_target_: tests.helpers.SlowEpochs, seconds: 0, hold: '{hold}'}}"
     proc = subprocess.Popen(_train_command(manifest, tmp_path, slow), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     last = tmp_path / "run/checkpoints/last.ckpt"
@@ -226,6 +231,7 @@ def test_ctrl_c_says_where_it_stopped_and_the_rerun_resumes_without_lightning_wa
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
+    hold.unlink()
     assert proc.returncode == 130, err[-3000:]
     message = err.strip().splitlines()[-1]
     match = re.fullmatch(r"timm_resnet18 fold 0: interrupted at epoch (\d+); run the same command again to resume",
