@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pneumollm.analysis.report import aggregate_table
-from pneumollm.analysis.stats import bootstrap_auc_by_patient, paired_difference
+from pneumollm.analysis.stats import bootstrap_auc_by_patient, mean_std, paired_difference
 from pneumollm.analysis.tables import CSV_COLUMNS
 from tests.test_aggregate import _fake_run
 
@@ -96,3 +96,10 @@ def test_the_rank_auc_equals_scikit_learns_with_ties() -> None:
         labels[:2] = [0, 1]
         probs = np.round(rng.random(50), 1)  # many ties
         assert rank_auc(labels, probs) == pytest.approx(roc_auc_score(labels, probs), abs=1e-12)
+
+
+def test_mean_std_over_folds_leaves_out_folds_without_the_figure() -> None:
+    assert mean_std([0.2, float("nan"), 0.4]) == pytest.approx((0.3, 0.1414213562373095))
+    mean, std = mean_std([0.5, float("nan")])
+    assert mean == 0.5 and np.isnan(std)  # one fold: no spread
+    assert all(np.isnan(x) for x in mean_std([float("nan")] * 3))

@@ -12,7 +12,7 @@ import numpy as np
 from scipy.special import expit
 
 from pneumollm.analysis.collect import ArmRuns
-from pneumollm.analysis.stats import Interval, bootstrap_by_patient
+from pneumollm.analysis.stats import Interval, bootstrap_by_patient, mean_std
 from pneumollm.training.calibration_metrics import (
     CALIBRATION_METRICS,
     ECE_BINS,
@@ -109,15 +109,6 @@ def calibration_by_patient(labels: Sequence[int] | np.ndarray, probs: Sequence[f
                              np.array([b.low for b in bins]), np.array([b.high for b in bins]),
                              n_boot if valid else 0)
     return intervals, curve
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample std (ddof=1) over folds, leaving out a fold without the figure (e.g. no slope)."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[~np.isnan(v)]
-    if not len(v):
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
 def summarise_calibration(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray,

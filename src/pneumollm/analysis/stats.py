@@ -26,6 +26,16 @@ class Interval:
         return f"{self.estimate:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof=1) over folds, leaving out a fold without the figure (NaN, e.g. no calibration
+    slope or a stage absent from a fold); NaN when no fold (mean) or fewer than two folds (std) have it."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
 def patient_resamples(patients: Sequence[str], n_boot: int, seed: int = 0,
                       valid: Callable[[np.ndarray], bool] | None = None) -> Iterator[np.ndarray]:
     """Up to ``n_boot`` bootstrap resamples of film indices that draw *patients* with replacement (a patient's

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pneumollm.analysis.collect import ArmRuns
-from pneumollm.analysis.stats import Interval, bootstrap_by_patient, rank_auc
+from pneumollm.analysis.stats import Interval, bootstrap_by_patient, mean_std, rank_auc
 from pneumollm.data.targets import MULTICLASS, LabelTask
 from pneumollm.training.prediction_metrics import stage_confusion, task_metrics
 from pneumollm.utils.markdown import markdown_table
@@ -129,15 +129,6 @@ def pooled_confusion(arm: ArmRuns) -> np.ndarray:
     counts = stage_confusion(arm_task(arm), [p.target[0] for p in arm.predictions],
                              [p.outputs for p in arm.predictions])
     return np.asarray(counts)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample std (ddof=1) over folds, NaN-aware (a fold without a figure is left out)."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[~np.isnan(v)]
-    if not len(v):
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
 @dataclass
