@@ -25,43 +25,29 @@ from typing import Any
 
 from transformers import CLIPVisionConfig, LlamaConfig
 
-TINY_CLIP_VISION: dict[str, Any] = {
+# The geometry every tiny vision tower shares: width 32, 6 blocks, 2 heads, patch 28 at 224 px, 3 channels.
+_TINY_VIT: dict[str, Any] = {
     "hidden_size": 32,
-    "intermediate_size": 64,
     "num_hidden_layers": 6,
     "num_attention_heads": 2,
     "num_channels": 3,
     "image_size": 224,
     "patch_size": 28,
+}
+
+TINY_CLIP_VISION: dict[str, Any] = {
+    **_TINY_VIT,
+    "intermediate_size": 64,
     "hidden_act": "quick_gelu",
     "layer_norm_eps": 1e-5,
     "projection_dim": 32,
 }
 
 # Tiny stand-ins of the other vision families (pneumollm.models.components.hf_vision), the same size as the tiny
-# CLIP tower: width 32, 6 blocks, 2 heads, MLP 64, patch 28 at 224 px.
-TINY_DINOV2: dict[str, Any] = {
-    "hidden_size": 32,
-    "mlp_ratio": 2,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 2,
-    "num_channels": 3,
-    "image_size": 224,
-    "patch_size": 28,
-    "layer_norm_eps": 1e-6,
-    "layerscale_value": 1.0,
-}
+# CLIP tower (MLP 64).
+TINY_DINOV2: dict[str, Any] = {**_TINY_VIT, "mlp_ratio": 2, "layer_norm_eps": 1e-6, "layerscale_value": 1.0}
 
-TINY_SIGLIP_VISION: dict[str, Any] = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 2,
-    "num_channels": 3,
-    "image_size": 224,
-    "patch_size": 28,
-    "layer_norm_eps": 1e-6,
-}
+TINY_SIGLIP_VISION: dict[str, Any] = {**_TINY_VIT, "intermediate_size": 64, "layer_norm_eps": 1e-6}
 
 # timm ViT keyword arguments of the same size (for TimmViTEncoder's model_kwargs).
 TINY_TIMM_VIT: dict[str, Any] = {"embed_dim": 32, "depth": 6, "num_heads": 2, "mlp_ratio": 2.0, "patch_size": 28}
