@@ -40,7 +40,7 @@ class Console:
     def __init__(self, src: Path, work: Path) -> None:
         self.work = work
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-                    "PYTHONPATH": os.pathsep.join([str(src.resolve()), str(HERE)])}
+                    "PYTHONPATH": os.pathsep.join([str(src.resolve()), str(REPO)])}  # REPO: tests.helpers
         self.env.pop("WANDB_SILENT", None)  # a user's shell: make sets it, the console scripts must not need it
         for name in ("COLUMNS", "LINES"):  # output captured as into a log file, not a terminal
             self.env.pop(name, None)
@@ -126,7 +126,7 @@ def ctrl_c(console: Console, manifest: Path) -> dict:
     hold.touch()
     args = [*TOY, f"data.source.manifest={manifest}", SMALL_OK, f"paths.root_dir={console.work}",
             f"hydra.run.dir={run_dir}", "logger=none", "trainer.max_epochs=4",
-            f"+callbacks.hold={{_target_: hold.Hold, path: '{hold}'}}"]
+            f"+callbacks.hold={{_target_: tests.helpers.SlowEpochs, seconds: 0, hold: '{hold}'}}"]
     started = time.time()
     proc = subprocess.Popen(console.command("train", *args), cwd=console.work, env=console.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
